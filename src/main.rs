@@ -1,1 +1,144 @@
-fn main() {}
+//! The `remora` command line: parses the subcommand and calls into the crates.
+#![forbid(unsafe_code)]
+
+mod demo;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use remora_config::{LoadError, Source};
+
+/// Remora: a self-healing service mesh.
+#[derive(Parser)]
+#[command(name = "remora", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Proxy {
+        /// The proxy configuration (TOML); `REMORA_<SECTION>__<KEY>` variables override it.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration: print every error with its path and exit 2, or a summary and exit 0.
+    Check {
+        /// The configuration file to validate.
+        file: PathBuf,
+    },
+    /// Start a demo service and a proxy in front of it on 127.0.0.1, send traffic, show what happens.
+    Demo {
+        /// Requests to send through the proxy.
+        #[arg(long, default_value_t = 400)]
+        requests: usize,
+    },
+    /// The demo's backend service (started by `remora demo`).
+    #[command(hide = true)]
+    DemoService {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// The version this instance reports (`x-demo-version`).
+        #[arg(long, default_value = "v1")]
+        label: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Proxy { config } => proxy(&config),
+        Command::Check { file } => check(&file),
+        Command::Demo { requests } => demo::run(requests),
+        Command::DemoService { listen, label } => demo::service(listen, label),
+    }
+}
+
+/// Logs go to stderr, filtered by `REMORA_LOG` (or `RUST_LOG`), `info` by default.
+fn init_logging() {
+    let filter = std::env::var("REMORA_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn check(file: &Path) -> ExitCode {
+    match remora_config::load_file(file, Source::WithEnv) {
+        Ok(config) => {
+            println!("{}: ok: {}", file.display(), config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            report_load_error(file, &error);
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn report_load_error(file: &Path, error: &LoadError) {
+    let errors = error.errors();
+    for line in &errors {
+        eprintln!("{line}");
+    }
+    if let LoadError::Invalid(_) = error {
+        let count = errors.len();
+        eprintln!("{}: {count} error{}", file.display(), if count == 1 { "" } else { "s" });
+    }
+}
+
+fn proxy(file: &Path) -> ExitCode {
+    let config = match remora_config::load_file(file, Source::WithEnv) {
+        Ok(config) => config,
+        Err(error) => {
+            report_load_error(file, &error);
+            return ExitCode::from(2);
+        }
+    };
+    let workers = match config.runtime.workers {
+        0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        workers => workers,
+    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                eprintln!("remora proxy: cannot start the runtime: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let summary = config.summary();
+    let result = runtime.block_on(remora_proxy::run(config, remora_proxy::shutdown_signal(), |bound| {
+        let mut out = std::io::stdout().lock();
+        for (name, addr) in &bound.listeners {
+            let _ = writeln!(out, "listener {name} on http://{addr}");
+        }
+        let _ = writeln!(out, "admin on http://{}", bound.admin);
+        let _ = writeln!(out, "ready: {summary}");
+        let _ = out.flush();
+    }));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("remora proxy: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,1 +1,126 @@
+//! `remora-proxy`: Remora's data plane.
+//!
+//! A request's way, one module per step: [`listener`](crate::listener) accepts, `server` hands each
+//! request to the proxy service, `route` finds its route, `split` its weighted backend, `balance` the
+//! endpoint, `forward` sends it on a pooled upstream client. `admin` answers operators; `snapshot`
+//! holds the compiled configuration behind `ArcSwap`.
 #![forbid(unsafe_code)]
+
+mod admin;
+mod balance;
+mod body;
+mod cluster;
+mod error;
+mod forward;
+mod headers;
+mod listener;
+mod route;
+mod server;
+mod snapshot;
+mod split;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use remora_config::Config;
+use tokio::sync::watch;
+
+pub use error::{ErrorKind, ServeError, Side};
+
+/// The addresses the proxy actually listens on (port 0 in the configuration becomes a real port).
+#[derive(Clone, Debug)]
+pub struct Bound {
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub admin: SocketAddr,
+}
+
+/// Runs the proxy until `shutdown` resolves, then drains: `/ready` turns 503, listeners stop
+/// accepting, in-flight requests get the configured grace period to finish.
+///
+/// `on_bound` is called once every socket is bound, before the first connection is accepted.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    on_bound: impl FnOnce(&Bound),
+) -> Result<(), ServeError> {
+    let grace_period = config.runtime.grace_period.get();
+    let mut sockets = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let socket = listener::bind(listener).await?;
+        let addr = listener::local_addr(&socket, listener.listen);
+        sockets.push((listener.clone(), socket, addr));
+    }
+    let admin_socket = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| ServeError::Bind { what: "admin".to_owned(), addr: config.admin.listen, source })?;
+    let bound = Bound {
+        listeners: sockets.iter().map(|(listener, _, addr)| (listener.name.clone(), *addr)).collect(),
+        admin: listener::local_addr(&admin_socket, config.admin.listen),
+    };
+
+    let shared = Arc::new(snapshot::Shared::new(config));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut accept_loops = Vec::new();
+    for (listener, socket, addr) in sockets {
+        tracing::info!(listener = %listener.name, %addr, "listening");
+        let builder = listener::connection_builder(&listener);
+        accept_loops.push(tokio::spawn(listener::accept_loop(
+            socket,
+            listener.name.as_str().into(),
+            builder,
+            shared.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let admin = tokio::spawn(admin::serve(admin_socket, shared.clone(), stop_rx));
+    tracing::info!(addr = %bound.admin, "admin listening");
+    on_bound(&bound);
+
+    shutdown.await;
+    tracing::info!(grace_period = ?grace_period, "shutting down: draining in-flight requests");
+    shared.draining.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    for accept_loop in accept_loops {
+        let _ = accept_loop.await;
+    }
+    // The accept loops are gone, and with them every other handle on `graceful`.
+    let drained = match Arc::try_unwrap(graceful) {
+        Ok(graceful) => tokio::time::timeout(grace_period, graceful.shutdown()).await,
+        Err(_) => Ok(()),
+    };
+    match drained {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!("grace period over: closing the connections still open"),
+    }
+    let _ = admin.await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the proxy");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,108 @@
+//! What goes wrong on a request's way, who caused it, and what the client gets.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// Which side of the proxy caused a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
+}
+
+/// A request the proxy answers itself, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No route matched: 404.
+    NoRoute,
+    /// The request is malformed in a way the HTTP parser let through: 400.
+    BadRequest(&'static str),
+    /// No connection to the upstream could be made: 502.
+    Connect,
+    /// The upstream did not answer within the route's timeout: 504.
+    Timeout,
+    /// The upstream closed or reset the connection before a response head: 502.
+    UpstreamReset,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ErrorKind::Connect | ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
+            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `x-remora-error` value.
+    pub fn cause(self) -> &'static str {
+        match self {
+            ErrorKind::NoRoute => "no-route",
+            ErrorKind::BadRequest(_) => "bad-request",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::UpstreamReset => "upstream-reset",
+        }
+    }
+
+    pub fn side(self) -> Side {
+        match self {
+            ErrorKind::NoRoute | ErrorKind::BadRequest(_) => Side::Downstream,
+            ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::UpstreamReset => Side::Upstream,
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            ErrorKind::NoRoute => "no route matches this request\n",
+            ErrorKind::BadRequest(reason) => reason,
+            ErrorKind::Connect => "could not connect to the upstream\n",
+            ErrorKind::Timeout => "the upstream did not answer in time\n",
+            ErrorKind::UpstreamReset => "the upstream closed the connection\n",
+        }
+    }
+
+    /// The local reply: status, `x-remora-error`, and a short plain-text body.
+    pub fn response(self) -> Response<ProxyBody> {
+        let mut response = Response::new(ProxyBody::local(Bytes::from_static(self.body().as_bytes())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(X_REMORA_ERROR, HeaderValue::from_static(self.cause()));
+        response
+    }
+}
+
+pub const X_REMORA_ERROR: http::HeaderName = http::HeaderName::from_static("x-remora-error");
+
+/// Why the proxy could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { what: String, addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_local_reply_names_its_cause() {
+        for (kind, status, cause) in [
+            (ErrorKind::NoRoute, 404, "no-route"),
+            (ErrorKind::BadRequest("bad\n"), 400, "bad-request"),
+            (ErrorKind::Connect, 502, "connect"),
+            (ErrorKind::Timeout, 504, "timeout"),
+            (ErrorKind::UpstreamReset, 502, "upstream-reset"),
+        ] {
+            let response = kind.response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(response.headers()[X_REMORA_ERROR], cause);
+            assert_eq!(response.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The runtime state as one immutable value: the configuration it came from, each listener's compiled
+//! route table, and the clusters they share. It lives behind `ArcSwap` in [`Shared`]; a request reads it
+//! with one `load` and never clones it. A reload builds a new snapshot and swaps it in one store.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use remora_config::Config;
+
+use crate::cluster::Cluster;
+use crate::route::{Route, RouteTable};
+use crate::split::{Split, Target};
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    tables: Box<[(Box<str>, RouteTable)]>,
+}
+
+impl Snapshot {
+    /// Compiles a validated configuration.
+    pub fn build(config: Arc<Config>) -> Self {
+        let clusters: BTreeMap<String, Arc<Cluster>> = config
+            .clusters
+            .iter()
+            .map(|(name, cluster)| (name.clone(), Arc::new(Cluster::new(cluster))))
+            .collect();
+        let tables = config
+            .listeners
+            .iter()
+            .map(|listener| {
+                let routes = config
+                    .routes
+                    .iter()
+                    .filter(|route| route.listeners.iter().any(|name| *name == listener.name))
+                    .map(|route| {
+                        let targets = route
+                            .backends
+                            .iter()
+                            .filter_map(|backend| {
+                                let cluster = clusters.get(&backend.cluster)?.clone();
+                                Some(Target { cluster, weight: backend.weight })
+                            })
+                            .collect();
+                        Route::new(route, Split::new(targets, route.sticky.as_ref()))
+                    })
+                    .collect();
+                (listener.name.as_str().into(), RouteTable::new(routes))
+            })
+            .collect();
+        Self { config, tables }
+    }
+
+    /// The routes of a listener (few listeners: a scan beats hashing).
+    pub fn table(&self, listener: &str) -> Option<&RouteTable> {
+        self.tables.iter().find(|(name, _)| &**name == listener).map(|(_, table)| table)
+    }
+}
+
+/// What every connection of the process shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Set when shutdown begins: `/ready` answers 503 from then on.
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(Snapshot::build(Arc::new(config))),
+            draining: AtomicBool::new(false),
+        }
+    }
+}
