@@ -34,7 +34,7 @@ impl Snapshot {
                 let routes = config
                     .routes
                     .iter()
-                    .filter(|route| route.listeners.iter().any(|name| *name == listener.name))
+                    .filter(|route| route.listeners.contains(&listener.name))
                     .map(|route| {
                         let targets = route
                             .backends
