@@ -30,6 +30,19 @@ use tokio::sync::watch;
 
 pub use error::{ErrorKind, ServeError, Side};
 
+/// The hot-path pieces, reachable for the criterion benchmarks in `benches/` only: not a stable API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::route::RequestKey;
+    pub use crate::snapshot::Snapshot;
+
+    /// Routes a request and picks its backend, as the proxy does; returns the cluster's name.
+    pub fn route_and_pick<'a>(snapshot: &'a Snapshot, listener: &str, key: &RequestKey<'_>) -> Option<&'a str> {
+        let route = snapshot.table(listener)?.find(key)?;
+        Some(&route.split.pick(key.headers).cluster.name)
+    }
+}
+
 /// The addresses the proxy actually listens on (port 0 in the configuration becomes a real port).
 #[derive(Clone, Debug)]
 pub struct Bound {
