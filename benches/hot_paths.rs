@@ -17,7 +17,9 @@ fn thousand_routes() -> Snapshot {
             "[[routes]]\nname = \"r{index}\"\nmatch = {{ host = \"svc{index}.example.com\", path_prefix = \"/api/{index}\", method = \"GET\" }}\nbackends = [{{ cluster = \"a\", weight = 90 }}, {{ cluster = \"b\", weight = 10 }}]\n"
         ));
     }
-    text.push_str("[clusters.a]\nendpoints = [\"127.0.0.1:9001\"]\n[clusters.b]\nendpoints = [\"127.0.0.1:9002\"]\n");
+    text.push_str(
+        "[clusters.a]\nendpoints = [\"127.0.0.1:9001\"]\n[clusters.b]\nendpoints = [\"127.0.0.1:9002\"]\n",
+    );
     let config = load_str(&text, Source::TextOnly).expect("generated config is valid");
     Snapshot::build(Arc::new(config))
 }
@@ -26,12 +28,19 @@ fn route_match(criterion: &mut Criterion) {
     let snapshot = thousand_routes();
     let headers = HeaderMap::new();
     let method = Method::GET;
-    for (label, index) in [("route match: 1,000 routes, last", 999), ("route match: 1,000 routes, middle", 500)] {
+    for (label, index) in
+        [("route match: 1,000 routes, last", 999), ("route match: 1,000 routes, middle", 500)]
+    {
         let host = format!("svc{index}.example.com");
         let path = format!("/api/{index}/users");
         criterion.bench_function(label, |bench| {
             bench.iter(|| {
-                let key = RequestKey { host: Some(black_box(&host)), path: black_box(&path), method: &method, headers: &headers };
+                let key = RequestKey {
+                    host: Some(black_box(&host)),
+                    path: black_box(&path),
+                    method: &method,
+                    headers: &headers,
+                };
                 black_box(route_and_pick(&snapshot, "public", &key))
             })
         });

@@ -37,7 +37,11 @@ pub mod internals {
     pub use crate::snapshot::Snapshot;
 
     /// Routes a request and picks its backend, as the proxy does; returns the cluster's name.
-    pub fn route_and_pick<'a>(snapshot: &'a Snapshot, listener: &str, key: &RequestKey<'_>) -> Option<&'a str> {
+    pub fn route_and_pick<'a>(
+        snapshot: &'a Snapshot,
+        listener: &str,
+        key: &RequestKey<'_>,
+    ) -> Option<&'a str> {
         let route = snapshot.table(listener)?.find(key)?;
         Some(&route.split.pick(key.headers).cluster.name)
     }
