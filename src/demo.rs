@@ -211,11 +211,11 @@ pub fn service(listen: SocketAddr, version: String) -> ExitCode {
 }
 
 async fn serve(listen: SocketAddr, version: String) -> std::io::Result<()> {
+    let shutdown = remora_proxy::shutdown_signal();
     let socket = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on http://{}", socket.local_addr()?);
     let _ = std::io::stdout().flush();
     let version: std::sync::Arc<str> = version.into();
-    let shutdown = remora_proxy::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {

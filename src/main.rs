@@ -107,24 +107,36 @@ fn proxy(file: &Path) -> ExitCode {
         0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
         workers => workers,
     };
-    let runtime =
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                eprintln!("remora proxy: cannot start the runtime: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
-    let summary = config.summary();
-    let result = runtime.block_on(remora_proxy::run(config, remora_proxy::shutdown_signal(), |bound| {
-        let mut out = std::io::stdout().lock();
-        for (name, addr) in &bound.listeners {
-            let _ = writeln!(out, "listener {name} on http://{addr}");
+    // One worker: a current-thread runtime, which skips the work-stealing scheduler's cross-thread
+    // bookkeeping (measured in benches/README.md).
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("remora proxy: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
         }
-        let _ = writeln!(out, "admin on http://{}", bound.admin);
-        let _ = writeln!(out, "ready: {summary}");
-        let _ = out.flush();
-    }));
+    };
+    let summary = config.summary();
+    let result = runtime.block_on(async {
+        let shutdown = remora_proxy::shutdown_signal();
+        remora_proxy::run(config, shutdown, |bound| {
+            let mut out = std::io::stdout().lock();
+            for (name, addr) in &bound.listeners {
+                let _ = writeln!(out, "listener {name} on http://{addr}");
+            }
+            let _ = writeln!(out, "admin on http://{}", bound.admin);
+            let _ = writeln!(out, "ready: {summary}");
+            let _ = out.flush();
+        })
+        .await
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -119,25 +119,27 @@ pub async fn run(
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
+///
+/// The handlers are installed when this is called, not when the future is first polled: a signal that
+/// arrives right after start-up (after `ready:` is printed) must drain, not kill, the process. Call it
+/// inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
                 tokio::select! {
                     _ = terminate.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
+                    _ = interrupt.recv() => {},
                 }
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the proxy");
-                let _ = tokio::signal::ctrl_c().await;
+            (terminate, interrupt) => {
+                let error = terminate.err().or(interrupt.err());
+                tracing::warn!(error = ?error, "cannot watch SIGTERM/SIGINT: the proxy stops only when killed");
+                std::future::pending::<()>().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
