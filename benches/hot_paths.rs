@@ -1,12 +1,11 @@
 //! criterion micro-benchmarks of the proxy's hot paths: `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, Method};
 use remora_config::{load_str, Source};
-use remora_proxy::internals::{route_and_pick, RequestKey, Snapshot};
+use remora_proxy::internals::{route_and_pick, snapshot, RequestKey, Snapshot};
 
 /// 1,000 routes on distinct hosts and paths; the benchmark asks for the last one (the worst case of
 /// an in-order table) and for one in the middle.
@@ -21,7 +20,7 @@ fn thousand_routes() -> Snapshot {
         "[clusters.a]\nendpoints = [\"127.0.0.1:9001\"]\n[clusters.b]\nendpoints = [\"127.0.0.1:9002\"]\n",
     );
     let config = load_str(&text, Source::TextOnly).expect("generated config is valid");
-    Snapshot::build(Arc::new(config))
+    snapshot(config)
 }
 
 fn route_match(criterion: &mut Criterion) {
@@ -49,7 +48,7 @@ fn route_match(criterion: &mut Criterion) {
 
 fn weighted_pick(criterion: &mut Criterion) {
     let text = "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n[[routes]]\nbackends = [{ cluster = \"a\", weight = 90 }, { cluster = \"b\", weight = 10 }]\n[clusters.a]\nendpoints = [\"127.0.0.1:9001\"]\n[clusters.b]\nendpoints = [\"127.0.0.1:9002\"]\n";
-    let snapshot = Snapshot::build(Arc::new(load_str(text, Source::TextOnly).unwrap()));
+    let snapshot = snapshot(load_str(text, Source::TextOnly).unwrap());
     let headers = HeaderMap::new();
     let method = Method::GET;
     criterion.bench_function("route + weighted pick: one route, 90/10", |bench| {

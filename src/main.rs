@@ -103,10 +103,7 @@ fn proxy(file: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let workers = match config.runtime.workers {
-        0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
-        workers => workers,
-    };
+    let workers = remora_proxy::worker_threads(config.runtime.workers);
     // One worker: a current-thread runtime, which skips the work-stealing scheduler's cross-thread
     // bookkeeping (measured in benches/README.md).
     let mut builder = if workers == 1 {

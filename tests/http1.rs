@@ -337,3 +337,36 @@ async fn keep_alive_connection_serves_many_requests() {
     assert!(!conn.is_closed(), "the proxy closed a kept-alive connection");
     assert_eq!(upstream.requests(), 200, "every request reached the upstream exactly once");
 }
+
+/// The upstream sees one kept-alive connection for many requests from many clients, as long as they
+/// come one at a time: each response's connection goes back to the pool when its body ends.
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_reused() {
+    let upstream = Upstream::echo("v1").await;
+    let text = config(
+        r#"{ADMIN}
+[runtime]
+workers = 1
+
+{LISTENER}
+[[routes]]
+name = "all"
+backends = [{ cluster = "echo" }]
+
+[clusters.echo]
+endpoints = ["{UP}"]
+"#,
+        &[("UP", &upstream.addr)],
+    );
+    let proxy = Proxy::start(&text).await;
+    for index in 0..50 {
+        let mut conn = H1Conn::connect(proxy.addr()).await;
+        let request =
+            Request::get(format!("/n/{index}")).header("host", "app.example.test").body(empty()).unwrap();
+        let response = conn.send(request).await.expect("request through the proxy");
+        assert_eq!(response.status(), StatusCode::OK);
+        read_body("pooled response", response.into_body()).await;
+    }
+    assert_eq!(upstream.requests(), 50);
+    assert_eq!(upstream.connections(), 1, "every request after the first must reuse the pooled connection");
+}

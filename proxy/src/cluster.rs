@@ -1,4 +1,4 @@
-//! A cluster at run time: its endpoints, each with a pooled upstream client, and its balancer.
+//! A cluster at run time: its endpoints, each with its connection pool, and its balancer.
 //! Built from the configuration once per snapshot; clusters are shared by every route that names them.
 
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use http::uri::Authority;
 use remora_config as config;
 
 use crate::balance::Balancer;
-use crate::forward::{self, UpstreamClient};
+use crate::pool::Pool;
 
 #[derive(Debug)]
 pub struct Cluster {
@@ -22,11 +22,12 @@ pub struct Cluster {
 pub struct Endpoint {
     /// `host:port` for upstream request URIs.
     pub authority: Authority,
-    pub client: UpstreamClient,
+    pub pool: Pool,
 }
 
 impl Cluster {
-    pub fn new(cluster: &config::Cluster) -> Self {
+    /// `workers` sizes each endpoint's pool: one slot per worker thread.
+    pub fn new(cluster: &config::Cluster, workers: usize) -> Self {
         let endpoints = cluster
             .endpoints
             .iter()
@@ -34,7 +35,7 @@ impl Cluster {
                 // Validation guarantees host:port; an authority that still fails to parse is skipped
                 // rather than trusted.
                 let authority = address.to_string().parse::<Authority>().ok()?;
-                Some(Endpoint { client: forward::client(cluster, address), authority })
+                Some(Endpoint { pool: Pool::new(cluster, address, workers), authority })
             })
             .collect();
         Self {

@@ -14,6 +14,7 @@ mod error;
 mod forward;
 mod headers;
 mod listener;
+mod pool;
 mod route;
 mod server;
 mod snapshot;
@@ -45,6 +46,11 @@ pub mod internals {
         let route = snapshot.table(listener)?.find(key)?;
         Some(&route.split.pick(key.headers).cluster.name)
     }
+
+    /// Compiles a configuration as the proxy does, for one worker.
+    pub fn snapshot(config: remora_config::Config) -> Snapshot {
+        Snapshot::build(std::sync::Arc::new(config), 1)
+    }
 }
 
 /// The addresses the proxy actually listens on (port 0 in the configuration becomes a real port).
@@ -64,6 +70,7 @@ pub async fn run(
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), ServeError> {
     let grace_period = config.runtime.grace_period.get();
+    let workers_configured = config.runtime.workers;
     let mut sockets = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         let socket = listener::bind(listener).await?;
@@ -78,7 +85,7 @@ pub async fn run(
         admin: listener::local_addr(&admin_socket, config.admin.listen),
     };
 
-    let shared = Arc::new(snapshot::Shared::new(config));
+    let shared = Arc::new(snapshot::Shared::new(config, worker_threads(workers_configured)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept_loops = Vec::new();
@@ -116,6 +123,15 @@ pub async fn run(
     }
     let _ = admin.await;
     Ok(())
+}
+
+/// The worker threads for `[runtime] workers`: 0 means one per core available to the process
+/// (cgroup-aware).
+pub fn worker_threads(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        workers => workers,
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -15,7 +15,6 @@ use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::ResponseFuture;
 use hyper_util::rt::TokioIo;
 
 use crate::body::ProxyBody;
@@ -23,6 +22,7 @@ use crate::cluster::Cluster;
 use crate::error::ErrorKind;
 use crate::forward;
 use crate::headers;
+use crate::pool::PoolHandle;
 use crate::route::{host_of, RequestKey};
 use crate::snapshot::Shared;
 
@@ -67,7 +67,8 @@ impl ProxyService {
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         forward::aim(&mut request, endpoint, cluster.protocol);
         Ok(Exchange {
-            response: endpoint.client.request(request),
+            pool: endpoint.pool.handle(),
+            request,
             timeout: route.timeout,
             downstream_upgrade,
             cluster: cluster.clone(),
@@ -90,7 +91,8 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
 /// A request on its way to the upstream, waiting for the response head.
 struct Exchange {
-    response: ResponseFuture,
+    pool: PoolHandle,
+    request: Request<Incoming>,
     timeout: Option<std::time::Duration>,
     downstream_upgrade: Option<OnUpgrade>,
     cluster: Arc<Cluster>,
@@ -98,18 +100,19 @@ struct Exchange {
 
 impl Exchange {
     async fn finish(self) -> Result<Response<ProxyBody>, Infallible> {
+        let response = self.pool.send(self.request);
         let result = match self.timeout {
-            Some(timeout) => match tokio::time::timeout(timeout, self.response).await {
+            Some(timeout) => match tokio::time::timeout(timeout, response).await {
                 Ok(result) => result,
                 Err(_) => {
                     tracing::debug!(cluster = %self.cluster.name, "upstream timed out");
                     return Ok(ErrorKind::Timeout.response());
                 }
             },
-            None => self.response.await,
+            None => response.await,
         };
-        let mut response = match result {
-            Ok(response) => response,
+        let (mut response, lease) = match result {
+            Ok(exchanged) => exchanged,
             Err(error) => {
                 let kind = forward::classify(&error);
                 tracing::debug!(cluster = %self.cluster.name, error = %error_chain(&error), cause = kind.cause(), "upstream failed");
@@ -127,7 +130,7 @@ impl Exchange {
         } else {
             headers::remove_hop_by_hop(response.headers_mut(), false);
         }
-        Ok(response.map(ProxyBody::Upstream))
+        Ok(response.map(|body| ProxyBody::upstream(body, lease)))
     }
 }
 

@@ -20,12 +20,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Compiles a validated configuration.
-    pub fn build(config: Arc<Config>) -> Self {
+    /// Compiles a validated configuration for a proxy with `workers` worker threads.
+    pub fn build(config: Arc<Config>, workers: usize) -> Self {
         let clusters: BTreeMap<String, Arc<Cluster>> = config
             .clusters
             .iter()
-            .map(|(name, cluster)| (name.clone(), Arc::new(Cluster::new(cluster))))
+            .map(|(name, cluster)| (name.clone(), Arc::new(Cluster::new(cluster, workers))))
             .collect();
         let tables = config
             .listeners
@@ -68,9 +68,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, workers: usize) -> Self {
         Self {
-            snapshot: ArcSwap::from_pointee(Snapshot::build(Arc::new(config))),
+            snapshot: ArcSwap::from_pointee(Snapshot::build(Arc::new(config), workers)),
             draining: AtomicBool::new(false),
         }
     }
