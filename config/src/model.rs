@@ -111,7 +111,8 @@ pub struct HttpLimits {
     pub max_header_bytes: usize,
     /// Most header fields in one request. Default 100.
     pub max_headers: usize,
-    /// Time a client gets to send a whole request head. Default 10 s.
+    /// Time a client gets to send a whole request head, counted from the connection's start or the end
+    /// of its previous response: it also closes idle keep-alive connections. Default 60 s.
     pub header_read_timeout: Duration,
 }
 
