@@ -43,13 +43,14 @@ impl Cluster {
             version: cluster.version.as_str().into(),
             protocol: cluster.protocol,
             endpoints,
-            balancer: Balancer::new(cluster.balance),
+            balancer: Balancer::new(cluster.balance, cluster.endpoints.len(), tokio::time::Instant::now()),
         }
     }
 
     /// The endpoint for the next request, or `None` when the cluster has none.
     pub fn endpoint(&self) -> Option<&Endpoint> {
-        self.balancer.pick(&self.endpoints)
+        let now = tokio::time::Instant::now();
+        self.balancer.pick(|_| true, now).and_then(|index| self.endpoints.get(index))
     }
 
     #[cfg(test)]
@@ -59,7 +60,7 @@ impl Cluster {
             version: version.into(),
             protocol: config::UpstreamProtocol::Http1,
             endpoints: Box::new([]),
-            balancer: Balancer::new(config::Balance::RoundRobin),
+            balancer: Balancer::new(config::Balance::RoundRobin, 0, tokio::time::Instant::now()),
         }
     }
 }

@@ -26,6 +26,12 @@ pub enum ErrorKind {
     Timeout,
     /// The upstream closed or reset the connection before a response head: 502.
     UpstreamReset,
+    /// A concurrency limit of the cluster is full: 503 `x-remora-breaker: limits`.
+    Limits,
+    /// The cluster's breaker is open (or half-open with its probes out): 503 `x-remora-breaker: open`.
+    Open,
+    /// Every endpoint of the cluster is ejected: 503 `x-remora-breaker: ejected`.
+    Ejected,
 }
 
 impl ErrorKind {
@@ -35,10 +41,11 @@ impl ErrorKind {
             ErrorKind::BadRequest(_) => StatusCode::BAD_REQUEST,
             ErrorKind::Connect | ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Limits | ErrorKind::Open | ErrorKind::Ejected => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    /// The `x-remora-error` value.
+    /// The `x-remora-error` (or, for breakers, `x-remora-breaker`) value.
     pub fn cause(self) -> &'static str {
         match self {
             ErrorKind::NoRoute => "no-route",
@@ -46,13 +53,32 @@ impl ErrorKind {
             ErrorKind::Connect => "connect",
             ErrorKind::Timeout => "timeout",
             ErrorKind::UpstreamReset => "upstream-reset",
+            ErrorKind::Limits => "limits",
+            ErrorKind::Open => "open",
+            ErrorKind::Ejected => "ejected",
+        }
+    }
+
+    fn header(self) -> http::HeaderName {
+        match self {
+            ErrorKind::Limits | ErrorKind::Open | ErrorKind::Ejected => X_REMORA_BREAKER,
+            ErrorKind::NoRoute
+            | ErrorKind::BadRequest(_)
+            | ErrorKind::Connect
+            | ErrorKind::Timeout
+            | ErrorKind::UpstreamReset => X_REMORA_ERROR,
         }
     }
 
     pub fn side(self) -> Side {
         match self {
             ErrorKind::NoRoute | ErrorKind::BadRequest(_) => Side::Downstream,
-            ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::UpstreamReset => Side::Upstream,
+            ErrorKind::Connect
+            | ErrorKind::Timeout
+            | ErrorKind::UpstreamReset
+            | ErrorKind::Limits
+            | ErrorKind::Open
+            | ErrorKind::Ejected => Side::Upstream,
         }
     }
 
@@ -63,6 +89,9 @@ impl ErrorKind {
             ErrorKind::Connect => "could not connect to the upstream\n",
             ErrorKind::Timeout => "the upstream did not answer in time\n",
             ErrorKind::UpstreamReset => "the upstream closed the connection\n",
+            ErrorKind::Limits => "the upstream cluster is at its concurrency limit\n",
+            ErrorKind::Open => "the upstream cluster's circuit breaker is open\n",
+            ErrorKind::Ejected => "every endpoint of the upstream cluster is ejected\n",
         }
     }
 
@@ -72,12 +101,13 @@ impl ErrorKind {
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        headers.insert(X_REMORA_ERROR, HeaderValue::from_static(self.cause()));
+        headers.insert(self.header(), HeaderValue::from_static(self.cause()));
         response
     }
 }
 
 pub const X_REMORA_ERROR: http::HeaderName = http::HeaderName::from_static("x-remora-error");
+pub const X_REMORA_BREAKER: http::HeaderName = http::HeaderName::from_static("x-remora-breaker");
 
 /// Why the proxy could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +133,12 @@ mod tests {
             assert_eq!(response.status().as_u16(), status);
             assert_eq!(response.headers()[X_REMORA_ERROR], cause);
             assert_eq!(response.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
+        }
+        for (kind, cause) in [(ErrorKind::Limits, "limits"), (ErrorKind::Open, "open"), (ErrorKind::Ejected, "ejected")] {
+            let response = kind.response();
+            assert_eq!(response.status().as_u16(), 503);
+            assert_eq!(response.headers()[X_REMORA_BREAKER], cause);
+            assert!(!response.headers().contains_key(X_REMORA_ERROR));
         }
     }
 }
