@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::ProxyBody;
+use crate::events::EventKind;
 use crate::snapshot::Shared;
 
 pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -60,6 +61,8 @@ fn handle(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> {
             }
         }
         "/live" => text(StatusCode::OK, "live\n"),
+        "/clusters" => json(&clusters(shared)),
+        "/events" => json(&events(shared)),
         "/config" => {
             let snapshot = shared.snapshot.load();
             match serde_json::to_vec_pretty(&*snapshot.config) {
@@ -72,7 +75,106 @@ fn handle(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> {
                 Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{error}\n")),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /ready, /live or /config\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /ready, /live, /config, /clusters or /events\n"),
+    }
+}
+
+/// Per cluster: limits in use, the breaker's state and window, and per endpoint its ejection state and
+/// load.
+fn clusters(shared: &Shared) -> serde_json::Value {
+    let snapshot = shared.snapshot.load();
+    let now = tokio::time::Instant::now();
+    let clusters: serde_json::Map<String, serde_json::Value> = snapshot
+        .clusters()
+        .map(|cluster| {
+            let limits = cluster.limits.view();
+            let limit = |(used, max): (u32, u32)| serde_json::json!({ "in_use": used, "max": max });
+            let breaker = cluster.breaker.as_ref().map(|breaker| {
+                let view = breaker.view(now);
+                serde_json::json!({
+                    "state": view.state,
+                    "calls": view.calls,
+                    "failures": view.failures,
+                    "slow": view.slow,
+                    "failure_rate": view.failure_rate,
+                    "slow_call_rate": view.slow_call_rate,
+                    "open_remaining_ms": view.open_for_remaining_ms,
+                    "reopenings": view.reopenings,
+                })
+            });
+            let health = cluster.outlier.view(now);
+            let endpoints: Vec<serde_json::Value> = cluster
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(index, endpoint)| {
+                    let load = cluster.balancer.view(index);
+                    let health = health.get(index);
+                    serde_json::json!({
+                        "address": endpoint.address,
+                        "healthy": !health.is_some_and(|health| health.ejected),
+                        "ejected_remaining_ms": health.and_then(|health| health.ejected_remaining_ms),
+                        "ejections": health.map(|health| health.ejections),
+                        "consecutive_5xx": health.map(|health| health.consecutive_5xx),
+                        "consecutive_gateway_errors": health.map(|health| health.consecutive_gateway_errors),
+                        "in_flight": load.map(|load| load.in_flight),
+                        "ewma_ms": load.map(|load| load.ewma_ms),
+                    })
+                })
+                .collect();
+            let value = serde_json::json!({
+                "version": &*cluster.version,
+                "breaker": breaker,
+                "limits": {
+                    "requests": limit(limits.requests),
+                    "pending": limit(limits.pending),
+                    "connections": limit(limits.connections),
+                    "retries": limit(limits.retries),
+                },
+                "endpoints": endpoints,
+            });
+            (cluster.name.to_string(), value)
+        })
+        .collect();
+    serde_json::Value::Object(clusters)
+}
+
+/// The recent events, oldest first.
+fn events(shared: &Shared) -> serde_json::Value {
+    let events: Vec<serde_json::Value> = shared
+        .events
+        .recent()
+        .into_iter()
+        .map(|event| {
+            let at = event.at.duration_since(std::time::UNIX_EPOCH).map(|at| at.as_millis()).unwrap_or(0);
+            let mut value = serde_json::json!({ "at_ms": at as u64, "cluster": event.cluster, "event": event.kind.name() });
+            match &event.kind {
+                EventKind::BreakerOpened { open_for } => {
+                    value["open_for_ms"] = serde_json::json!(open_for.as_millis() as u64);
+                }
+                EventKind::EndpointEjected { endpoint, ejected_for, ejections } => {
+                    value["endpoint"] = serde_json::json!(endpoint);
+                    value["ejected_for_ms"] = serde_json::json!(ejected_for.as_millis() as u64);
+                    value["ejections"] = serde_json::json!(ejections);
+                }
+                EventKind::EndpointRestored { endpoint } => value["endpoint"] = serde_json::json!(endpoint),
+                EventKind::BreakerHalfOpen | EventKind::BreakerClosed => {}
+            }
+            value
+        })
+        .collect();
+    serde_json::Value::Array(events)
+}
+
+fn json(value: &serde_json::Value) -> Response<ProxyBody> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            let mut response = Response::new(ProxyBody::local(Bytes::from(body)));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{error}\n")),
     }
 }
 

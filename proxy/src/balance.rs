@@ -63,7 +63,6 @@ impl Drop for InFlight {
 }
 
 impl Balancer {
-
     pub fn new(policy: config::Balance, endpoints: usize, now: Instant) -> Self {
         Self {
             policy,

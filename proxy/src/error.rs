@@ -134,7 +134,9 @@ mod tests {
             assert_eq!(response.headers()[X_REMORA_ERROR], cause);
             assert_eq!(response.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
         }
-        for (kind, cause) in [(ErrorKind::Limits, "limits"), (ErrorKind::Open, "open"), (ErrorKind::Ejected, "ejected")] {
+        for (kind, cause) in
+            [(ErrorKind::Limits, "limits"), (ErrorKind::Open, "open"), (ErrorKind::Ejected, "ejected")]
+        {
             let response = kind.response();
             assert_eq!(response.status().as_u16(), 503);
             assert_eq!(response.headers()[X_REMORA_BREAKER], cause);

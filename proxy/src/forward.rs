@@ -6,7 +6,6 @@
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Uri, Version};
-use hyper::body::Incoming;
 use remora_config as config;
 
 use crate::cluster::Endpoint;
@@ -15,7 +14,7 @@ use crate::pool::UpstreamError;
 
 /// Points a (header-cleaned) request at an endpoint. The upstream sees the authority the client
 /// asked for: as `Host` over HTTP/1.1, as `:authority` over HTTP/2.
-pub fn aim(request: &mut Request<Incoming>, endpoint: &Endpoint, protocol: config::UpstreamProtocol) {
+pub fn aim<B>(request: &mut Request<B>, endpoint: &Endpoint, protocol: config::UpstreamProtocol) {
     let path_and_query =
         request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     let asked = request.uri().authority().cloned();
@@ -51,5 +50,6 @@ pub fn classify(error: &UpstreamError) -> ErrorKind {
     match error {
         UpstreamError::Connect { .. } | UpstreamError::Handshake { .. } => ErrorKind::Connect,
         UpstreamError::Exchange { .. } => ErrorKind::UpstreamReset,
+        UpstreamError::Limits(_) => ErrorKind::Limits,
     }
 }

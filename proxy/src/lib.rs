@@ -55,7 +55,7 @@ pub mod internals {
 
     /// Compiles a configuration as the proxy does, for one worker.
     pub fn snapshot(config: remora_config::Config) -> Snapshot {
-        Snapshot::build(std::sync::Arc::new(config), 1)
+        Snapshot::build(std::sync::Arc::new(config), 1, &std::sync::Arc::default())
     }
 }
 

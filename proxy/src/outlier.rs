@@ -31,7 +31,6 @@
 //! may briefly run one ahead of the endpoints' states while an ejection is being recorded. Each can
 //! shift an ejection by a request or make one request see a slightly stale set; none can eject an
 //! endpoint twice, restore it twice, or lose track of the ejected count.
-#![allow(dead_code)] // reason: wired into the request path by the integration step
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;

@@ -14,11 +14,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use remora_config as config;
 use tokio::net::TcpStream;
+
+use crate::limits::{Limits, Overflow};
+use crate::retry::UpstreamBody;
 
 /// Why an upstream exchange failed before a response head.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,30 @@ pub enum UpstreamError {
     Handshake { endpoint: String, source: hyper::Error },
     #[error("exchange with {endpoint}: {source}")]
     Exchange { endpoint: String, source: hyper::Error },
+    /// A new connection was needed but the cluster's connection or pending-request limit is full.
+    #[error("{0:?} limit reached")]
+    Limits(Overflow),
+}
+
+impl UpstreamError {
+    /// The HTTP/2 stream was refused (REFUSED_STREAM): the upstream did not process it.
+    pub fn is_refused_stream(&self) -> bool {
+        match self {
+            UpstreamError::Exchange { source, .. } => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+                while let Some(error) = cause {
+                    if let Some(h2) = error.downcast_ref::<h2::Error>() {
+                        return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+                    }
+                    cause = error.source();
+                }
+                false
+            }
+            UpstreamError::Connect { .. } | UpstreamError::Handshake { .. } | UpstreamError::Limits(_) => {
+                false
+            }
+        }
+    }
 }
 
 /// The connections to one endpoint.
@@ -39,17 +65,18 @@ pub struct Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     slots: Box<[Arc<Mutex<Slot>>]>,
+    limits: Arc<Limits>,
 }
 
 #[derive(Debug)]
 enum Slot {
     Http1(Vec<Idle>),
-    Http2(Option<http2::SendRequest<Incoming>>),
+    Http2(Option<http2::SendRequest<UpstreamBody>>),
 }
 
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<UpstreamBody>,
     since: Instant,
 }
 
@@ -57,7 +84,12 @@ struct Idle {
 const MAX_IDLE_PER_SLOT: usize = 256;
 
 impl Pool {
-    pub fn new(cluster: &config::Cluster, endpoint: &config::Endpoint, workers: usize) -> Self {
+    pub fn new(
+        cluster: &config::Cluster,
+        endpoint: &config::Endpoint,
+        workers: usize,
+        limits: Arc<Limits>,
+    ) -> Self {
         let slots = (0..workers.max(1))
             .map(|_| {
                 Arc::new(Mutex::new(match cluster.protocol {
@@ -72,6 +104,7 @@ impl Pool {
             connect_timeout: cluster.connect_timeout.get(),
             idle_timeout: cluster.idle_timeout.get(),
             slots,
+            limits,
         }
     }
 
@@ -86,6 +119,7 @@ impl Pool {
                 protocol: self.protocol,
                 connect_timeout: self.connect_timeout,
                 idle_timeout: self.idle_timeout,
+                limits: self.limits.clone(),
             },
         }
     }
@@ -97,6 +131,7 @@ struct EndpointTarget {
     protocol: config::UpstreamProtocol,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    limits: Arc<Limits>,
 }
 
 /// A worker's slot of one endpoint's pool.
@@ -111,8 +146,8 @@ impl PoolHandle {
     /// reached the upstream, so this is safe for any method.
     pub async fn send(
         self,
-        request: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
+        request: Request<UpstreamBody>,
+    ) -> Result<(Response<hyper::body::Incoming>, Option<Lease>), UpstreamError> {
         match self.endpoint.protocol {
             config::UpstreamProtocol::Http1 => self.send_http1(request).await,
             config::UpstreamProtocol::Http2 => {
@@ -123,8 +158,8 @@ impl PoolHandle {
 
     async fn send_http1(
         self,
-        request: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
+        request: Request<UpstreamBody>,
+    ) -> Result<(Response<hyper::body::Incoming>, Option<Lease>), UpstreamError> {
         let reused = self.checkout_http1();
         let (mut sender, mut request) = match reused {
             Some(sender) => (sender, request),
@@ -157,7 +192,7 @@ impl PoolHandle {
     }
 
     /// The most recently used idle connection that is ready; closed and expired ones are dropped.
-    fn checkout_http1(&self) -> Option<http1::SendRequest<Incoming>> {
+    fn checkout_http1(&self) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut slot = lock(&self.slot);
         let Slot::Http1(idle) = &mut *slot else { return None };
         let now = Instant::now();
@@ -179,8 +214,8 @@ impl PoolHandle {
         None
     }
 
-    async fn connect_http1(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
-        let io = connect(&self.endpoint).await?;
+    async fn connect_http1(&self) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+        let (io, slot) = connect(&self.endpoint).await?;
         let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(|source| {
             UpstreamError::Handshake { endpoint: self.endpoint.endpoint.to_string(), source }
         })?;
@@ -189,11 +224,15 @@ impl PoolHandle {
             if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%endpoint, %error, "upstream connection ended with an error");
             }
+            drop(slot);
         });
         Ok(sender)
     }
 
-    async fn send_http2(self, request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send_http2(
+        self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
         let existing = match &*lock(&self.slot) {
             Slot::Http2(Some(sender)) if !sender.is_closed() => Some(sender.clone()),
             _ => None,
@@ -214,8 +253,8 @@ impl PoolHandle {
         })
     }
 
-    async fn connect_http2(&self) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
-        let io = connect(&self.endpoint).await?;
+    async fn connect_http2(&self) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
+        let (io, slot) = connect(&self.endpoint).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -232,6 +271,7 @@ impl PoolHandle {
             if let Err(error) = connection.await {
                 tracing::debug!(%endpoint, %error, "upstream HTTP/2 connection ended with an error");
             }
+            drop(slot);
         });
         Ok(sender)
     }
@@ -241,7 +281,7 @@ impl PoolHandle {
 /// been read to the end, and closes if the body is abandoned.
 #[derive(Debug)]
 pub struct Lease {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<UpstreamBody>,
     slot: Arc<Mutex<Slot>>,
 }
 
@@ -260,7 +300,13 @@ impl Lease {
     }
 }
 
-async fn connect(target: &EndpointTarget) -> Result<TokioIo<TcpStream>, UpstreamError> {
+/// Opens a connection within the cluster's limits: the returned slot counts it as open until the
+/// connection's task drops it.
+async fn connect(
+    target: &EndpointTarget,
+) -> Result<(TokioIo<TcpStream>, crate::limits::Slot), UpstreamError> {
+    let connection = target.limits.connection().map_err(UpstreamError::Limits)?;
+    let _pending = target.limits.pending().map_err(UpstreamError::Limits)?;
     let endpoint = &target.endpoint;
     let connect = async {
         match endpoint.socket_addr {
@@ -275,7 +321,7 @@ async fn connect(target: &EndpointTarget) -> Result<TokioIo<TcpStream>, Upstream
         Err(_) => return Err(error(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))),
     };
     stream.set_nodelay(true).map_err(error)?;
-    Ok(TokioIo::new(stream))
+    Ok((TokioIo::new(stream), connection))
 }
 
 /// A slot's lock: poisoning cannot leave a slot inconsistent (every change is one push or pop), so a

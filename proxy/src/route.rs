@@ -4,6 +4,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use remora_config as config;
 
+use crate::retry::{Budget, RetryPolicy};
 use crate::split::Split;
 
 /// The routes of one listener, compiled from the configuration.
@@ -17,6 +18,16 @@ pub struct Route {
     matcher: Matcher,
     pub timeout: Option<std::time::Duration>,
     pub split: Split,
+    /// The route's retry policy and budget; `None` when the route does not retry.
+    pub retry: Option<std::sync::Arc<RouteRetry>>,
+}
+
+/// What a route that retries needs on every request: shared by the route's requests, so the budget
+/// counts all of them.
+#[derive(Debug)]
+pub struct RouteRetry {
+    pub policy: RetryPolicy,
+    pub budget: Budget,
 }
 
 #[derive(Debug)]
@@ -69,6 +80,16 @@ impl Route {
             },
             timeout: route.timeout.map(config::Duration::get),
             split,
+            retry: route.retry.as_ref().map(|retry| {
+                std::sync::Arc::new(RouteRetry {
+                    policy: RetryPolicy::new(retry),
+                    budget: Budget::new(
+                        retry.budget_ratio,
+                        retry.min_retries_per_second,
+                        tokio::time::Instant::now(),
+                    ),
+                })
+            }),
         }
     }
 }

@@ -1,29 +1,42 @@
 //! Step 2 of a request's way, and the place that shows the order of all of them: hyper hands each
-//! request to [`ProxyService`], which routes it (step 3), picks a backend (4) and an endpoint (6),
-//! cleans its headers and forwards it (7). The policy steps that come with later work (breakers,
-//! stats) slot in here, in this order.
+//! request to [`ProxyService`], which routes it (step 3) and picks a backend (4) under one `ArcSwap`
+//! load, synchronously; then, in the request's own future:
 //!
-//! Everything up to handing the request to the upstream client runs synchronously in `call`, under one
-//! `ArcSwap` load; only the wait for the upstream is async, so no snapshot is cloned per request.
+//! 5. the cluster's guards: a concurrency-limit slot (`limits`), the circuit breaker's permission
+//!    (`breaker`), and the endpoints outlier ejection leaves eligible (`outlier`);
+//! 6. the endpoint, chosen among the eligible by the cluster's balancer (`balance`);
+//! 7. the try, on a pooled connection (`forward`, `pool`), bounded by the per-try timeout and the
+//!    route's deadline; its outcome is recorded by the breaker, the detector and the balancer, and a
+//!    retryable failure is tried again (`retry`) while the policy, the budget, `max_retries` and the
+//!    deadline allow it and the body can be replayed.
+//!
+//! No snapshot is cloned per request: only the chosen cluster's `Arc` (and the route's retry state,
+//! when it has one) travels into the future.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 
 use crate::body::ProxyBody;
+use crate::breaker::Permit;
 use crate::cluster::Cluster;
 use crate::error::ErrorKind;
+use crate::events::EventKind;
 use crate::forward;
 use crate::headers;
-use crate::pool::PoolHandle;
-use crate::route::{host_of, RequestKey};
+use crate::outcome::{CallResult, Outcome};
+use crate::pool::{Lease, UpstreamError};
+use crate::retry::{Replay, UpstreamBody, REPLAY_LIMIT};
+use crate::route::{host_of, RequestKey, RouteRetry};
 use crate::snapshot::Shared;
 
 /// The service of one downstream connection.
@@ -44,7 +57,7 @@ impl ProxyService {
         Self { shared, listener, client_ip }
     }
 
-    /// Routes, picks and hands the request to the upstream client.
+    /// Routes and picks the backend; cleans the headers.
     fn prepare(&self, mut request: Request<Incoming>) -> Result<Exchange, ErrorKind> {
         let host = request_host(&request)?;
         let snapshot = self.shared.snapshot.load();
@@ -56,8 +69,7 @@ impl ProxyService {
             headers: request.headers(),
         };
         let route = table.find(&key).ok_or(ErrorKind::NoRoute)?;
-        let cluster = &route.split.pick(request.headers()).cluster;
-        let endpoint = cluster.endpoint().ok_or(ErrorKind::Connect)?;
+        let cluster = route.split.pick(request.headers()).cluster.clone();
 
         let upgrade = cluster.protocol == remora_config::UpstreamProtocol::Http1
             && request.version() <= Version::HTTP_11
@@ -65,13 +77,13 @@ impl ProxyService {
         headers::remove_hop_by_hop(request.headers_mut(), upgrade);
         headers::add_forwarded(request.headers_mut(), &self.client_ip, "http");
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-        forward::aim(&mut request, endpoint, cluster.protocol);
         Ok(Exchange {
-            pool: endpoint.pool.handle(),
             request,
+            cluster,
             timeout: route.timeout,
+            // A protocol switch is never retried: the handshake cannot be replayed.
+            retry: if upgrade { None } else { route.retry.clone() },
             downstream_upgrade,
-            cluster: cluster.clone(),
         })
     }
 }
@@ -89,49 +101,239 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     }
 }
 
-/// A request on its way to the upstream, waiting for the response head.
+/// A routed request on its way to the cluster.
 struct Exchange {
-    pool: PoolHandle,
     request: Request<Incoming>,
-    timeout: Option<std::time::Duration>,
-    downstream_upgrade: Option<OnUpgrade>,
     cluster: Arc<Cluster>,
+    timeout: Option<Duration>,
+    retry: Option<Arc<RouteRetry>>,
+    downstream_upgrade: Option<OnUpgrade>,
+}
+
+/// How one try ended.
+enum Tried {
+    Response(Response<Incoming>, Option<Lease>),
+    Failed(ErrorKind),
 }
 
 impl Exchange {
     async fn finish(self) -> Result<Response<ProxyBody>, Infallible> {
-        let response = self.pool.send(self.request);
-        let result = match self.timeout {
-            Some(timeout) => match tokio::time::timeout(timeout, response).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::debug!(cluster = %self.cluster.name, "upstream timed out");
-                    return Ok(ErrorKind::Timeout.response());
+        let Exchange { request, cluster, timeout, retry, downstream_upgrade } = self;
+        let started = Instant::now();
+        let deadline = timeout.map(|timeout| started + timeout);
+        let Ok(_in_flight) = cluster.limits.request() else {
+            return Ok(ErrorKind::Limits.response());
+        };
+        if let Some(retry) = &retry {
+            retry.budget.deposit(started);
+        }
+        let (parts, body) = request.into_parts();
+        // Only a body known to be small is held for replay; any other is streamed once and its
+        // request never retried.
+        let mut body = match &retry {
+            Some(_) => match crate::retry::replay(body, REPLAY_LIMIT).await {
+                Ok(replay) => replay,
+                Err(error) => {
+                    tracing::debug!(%error, "reading the request body failed");
+                    return Ok(ErrorKind::BadRequest("the request body could not be read\n").response());
                 }
             },
-            None => response.await,
+            None => Replay::Streaming(body),
         };
-        let (mut response, lease) = match result {
-            Ok(exchanged) => exchanged,
-            Err(error) => {
-                let kind = forward::classify(&error);
-                tracing::debug!(cluster = %self.cluster.name, error = %error_chain(&error), cause = kind.cause(), "upstream failed");
-                return Ok(kind.response());
+        let mut parts = Some(parts);
+        let mut attempt = 0u32;
+        let mut _retry_slot = None;
+        loop {
+            let now = Instant::now();
+            if deadline.is_some_and(|deadline| now >= deadline) {
+                return Ok(ErrorKind::Timeout.response());
             }
-        };
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(downstream) = self.downstream_upgrade else {
-                tracing::debug!(cluster = %self.cluster.name, "upstream switched protocols unasked");
+            let replayable = matches!(body, Replay::Replayable(_));
+            let last_try = retry.is_none() || !replayable;
+            let head = if last_try { parts.take() } else { parts.as_ref().map(clone_head) };
+            let try_body = match &mut body {
+                Replay::Replayable(replayable) => Some(replayable.body()),
+                Replay::Streaming(_) => {
+                    match std::mem::replace(&mut body, Replay::Replayable(Default::default())) {
+                        Replay::Streaming(streaming) => Some(UpstreamBody::Streaming(streaming)),
+                        Replay::Replayable(_) => None,
+                    }
+                }
+            };
+            let (Some(head), Some(try_body)) = (head, try_body) else {
                 return Ok(ErrorKind::UpstreamReset.response());
             };
-            let upstream = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(downstream, upstream));
-            headers::remove_hop_by_hop(response.headers_mut(), true);
-        } else {
-            headers::remove_hop_by_hop(response.headers_mut(), false);
+            let per_try = retry.as_ref().and_then(|retry| retry.policy.per_try_timeout());
+            let limit = match (per_try, deadline) {
+                (Some(per_try), Some(deadline)) => Some(per_try.min(deadline - now)),
+                (Some(per_try), None) => Some(per_try),
+                (None, Some(deadline)) => Some(deadline - now),
+                (None, None) => None,
+            };
+            let (tried, result) = try_once(&cluster, Request::from_parts(head, try_body), limit).await;
+            if let (Some(retry), Some(result), false) = (&retry, result, last_try) {
+                if let Some(backoff) =
+                    retry_after(retry, &cluster, result, attempt, deadline, &mut _retry_slot)
+                {
+                    attempt += 1;
+                    tracing::debug!(cluster = %cluster.name, attempt, ?result, "retrying");
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            }
+            return Ok(respond(tried, &cluster, downstream_upgrade));
         }
-        Ok(response.map(|body| ProxyBody::upstream(body, lease)))
     }
+}
+
+/// Whether a failed try is tried again, and after what pause: the policy must list the failure and
+/// allow another attempt, the pause must end before the deadline, the budget must have room and the
+/// cluster's `max_retries` a free slot (held until the request ends).
+fn retry_after(
+    retry: &RouteRetry,
+    cluster: &Cluster,
+    result: CallResult,
+    attempt: u32,
+    deadline: Option<Instant>,
+    slot: &mut Option<crate::limits::Slot>,
+) -> Option<Duration> {
+    if !retry.policy.should_retry(result, attempt) {
+        return None;
+    }
+    let now = Instant::now();
+    let backoff = retry.policy.backoff(attempt);
+    if deadline.is_some_and(|deadline| now + backoff >= deadline) {
+        return None;
+    }
+    if slot.is_none() {
+        *slot = Some(cluster.limits.retry().ok()?);
+    }
+    if !retry.budget.withdraw(now) {
+        return None;
+    }
+    Some(backoff)
+}
+
+/// One try: the breaker's permission, an eligible endpoint, the exchange, and its outcome recorded.
+/// The result is `None` when the proxy refused the try itself (breaker open, all ejected, limits):
+/// nothing reached the upstream, and nothing is retried.
+async fn try_once(
+    cluster: &Cluster,
+    mut request: Request<UpstreamBody>,
+    limit: Option<Duration>,
+) -> (Tried, Option<CallResult>) {
+    let now = Instant::now();
+    let permit: Option<Permit> = match &cluster.breaker {
+        None => None,
+        Some(breaker) => match breaker.admit(now) {
+            Ok(permit) => {
+                if let Some(transition) = permit.transition() {
+                    breaker_event(cluster, transition);
+                }
+                Some(permit)
+            }
+            Err(refused) => return (Tried::Failed(refused.kind()), None),
+        },
+    };
+    let eligible = cluster.outlier.eligible(now);
+    for restored in &eligible.restored {
+        cluster.outlier_event(*restored);
+    }
+    let chosen =
+        if eligible.any() { cluster.balancer.pick(|index| eligible.allows(index), now) } else { None };
+    let Some(index) = chosen else {
+        if let (Some(breaker), Some(permit)) = (&cluster.breaker, permit) {
+            breaker.release(permit);
+        }
+        return (Tried::Failed(ErrorKind::Ejected), None);
+    };
+    let endpoint = &cluster.endpoints[index];
+    forward::aim(&mut request, endpoint, cluster.protocol);
+    let in_flight = cluster.balancer.start(index);
+    let send = endpoint.pool.handle().send(request);
+    let exchanged = match limit {
+        Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+        None => Some(send.await),
+    };
+    drop(in_flight);
+    let finished = Instant::now();
+    let (tried, result) = match exchanged {
+        None => (Tried::Failed(ErrorKind::Timeout), CallResult::Timeout),
+        Some(Ok((response, lease))) => {
+            let status = response.status().as_u16();
+            (Tried::Response(response, lease), CallResult::Status(status))
+        }
+        Some(Err(UpstreamError::Limits(_))) => {
+            // Refused before reaching the upstream: nothing to record against it.
+            if let (Some(breaker), Some(permit)) = (&cluster.breaker, permit) {
+                breaker.release(permit);
+            }
+            return (Tried::Failed(ErrorKind::Limits), None);
+        }
+        Some(Err(error)) => {
+            let result = if error.is_refused_stream() {
+                CallResult::RefusedStream
+            } else {
+                match forward::classify(&error) {
+                    ErrorKind::Connect => CallResult::Connect,
+                    _ => CallResult::Reset,
+                }
+            };
+            tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, %error, "upstream failed");
+            (Tried::Failed(forward::classify(&error)), result)
+        }
+    };
+    let duration = finished - now;
+    cluster.balancer.observe(index, duration, finished);
+    if let (Some(breaker), Some(permit)) = (&cluster.breaker, permit) {
+        if let Some(transition) = breaker.record(permit, Outcome { result, duration }, finished) {
+            breaker_event(cluster, transition);
+        }
+    }
+    if let Some(event) = cluster.outlier.record(index, result, finished) {
+        cluster.outlier_event(event);
+    }
+    (tried, Some(result))
+}
+
+fn breaker_event(cluster: &Cluster, transition: crate::breaker::Transition) {
+    let kind = match transition {
+        crate::breaker::Transition::Opened { for_ } => EventKind::BreakerOpened { open_for: for_ },
+        crate::breaker::Transition::HalfOpened => EventKind::BreakerHalfOpen,
+        crate::breaker::Transition::Closed => EventKind::BreakerClosed,
+    };
+    cluster.events.raise(&cluster.name, kind);
+}
+
+/// The client's response: the upstream's (hop-by-hop headers removed, a protocol switch joined), or
+/// the proxy's own.
+fn respond(tried: Tried, cluster: &Cluster, downstream_upgrade: Option<OnUpgrade>) -> Response<ProxyBody> {
+    let (mut response, lease) = match tried {
+        Tried::Response(response, lease) => (response, lease),
+        Tried::Failed(kind) => return kind.response(),
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(downstream) = downstream_upgrade else {
+            tracing::debug!(cluster = %cluster.name, "upstream switched protocols unasked");
+            return ErrorKind::UpstreamReset.response();
+        };
+        let upstream = hyper::upgrade::on(&mut response);
+        tokio::spawn(tunnel(downstream, upstream));
+        headers::remove_hop_by_hop(response.headers_mut(), true);
+    } else {
+        headers::remove_hop_by_hop(response.headers_mut(), false);
+    }
+    response.map(|body| ProxyBody::upstream(body, lease))
+}
+
+/// A copy of a request head for another try.
+fn clone_head(parts: &http::request::Parts) -> http::request::Parts {
+    let mut request = Request::new(());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request.into_parts().0
 }
 
 /// Once both sides have switched protocols, copies bytes both ways until either side closes.
@@ -197,17 +399,6 @@ fn is_valid_host(host: &[u8]) -> bool {
                         | b'='
                 )
         })
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use remora_config::Config;
 
 use crate::cluster::Cluster;
+use crate::events::Events;
 use crate::route::{Route, RouteTable};
 use crate::split::{Split, Target};
 
@@ -17,15 +18,16 @@ use crate::split::{Split, Target};
 pub struct Snapshot {
     pub config: Arc<Config>,
     tables: Box<[(Box<str>, RouteTable)]>,
+    clusters: BTreeMap<String, Arc<Cluster>>,
 }
 
 impl Snapshot {
     /// Compiles a validated configuration for a proxy with `workers` worker threads.
-    pub fn build(config: Arc<Config>, workers: usize) -> Self {
+    pub fn build(config: Arc<Config>, workers: usize, events: &Arc<Events>) -> Self {
         let clusters: BTreeMap<String, Arc<Cluster>> = config
             .clusters
             .iter()
-            .map(|(name, cluster)| (name.clone(), Arc::new(Cluster::new(cluster, workers))))
+            .map(|(name, cluster)| (name.clone(), Arc::new(Cluster::new(cluster, workers, events.clone()))))
             .collect();
         let tables = config
             .listeners
@@ -50,7 +52,11 @@ impl Snapshot {
                 (listener.name.as_str().into(), RouteTable::new(routes))
             })
             .collect();
-        Self { config, tables }
+        Self { config, tables, clusters }
+    }
+
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        self.clusters.values()
     }
 
     /// The routes of a listener (few listeners: a scan beats hashing).
@@ -65,13 +71,17 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// Set when shutdown begins: `/ready` answers 503 from then on.
     pub draining: AtomicBool,
+    /// Breaker and ejection events, for the logs and the control report.
+    pub events: Arc<Events>,
 }
 
 impl Shared {
     pub fn new(config: Config, workers: usize) -> Self {
+        let events = Arc::new(Events::default());
         Self {
-            snapshot: ArcSwap::from_pointee(Snapshot::build(Arc::new(config), workers)),
+            snapshot: ArcSwap::from_pointee(Snapshot::build(Arc::new(config), workers, &events)),
             draining: AtomicBool::new(false),
+            events,
         }
     }
 }
