@@ -5,7 +5,10 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, Method};
 use remora_config::{load_str, Source};
-use remora_proxy::internals::{route_and_pick, snapshot, RequestKey, Snapshot};
+use remora_proxy::internals::{
+    route_and_pick, snapshot, Balancer, Breaker, CallResult, Outcome, RequestKey, Snapshot,
+};
+use tokio::time::Instant;
 
 /// 1,000 routes on distinct hosts and paths; the benchmark asks for the last one (the worst case of
 /// an in-order table) and for one in the middle.
@@ -59,5 +62,37 @@ fn weighted_pick(criterion: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_match, weighted_pick);
+fn breaker(criterion: &mut Criterion) {
+    let text = "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n[[routes]]\nbackends = [{ cluster = \"a\" }]\n[clusters.a]\nendpoints = [\"127.0.0.1:9001\"]\n[clusters.a.breaker]\nwindow = \"10s\"\n";
+    let config = load_str(text, Source::TextOnly).unwrap();
+    let breaker = Breaker::new(config.clusters["a"].breaker.as_ref().unwrap());
+    let outcome = Outcome { result: CallResult::Status(200), duration: std::time::Duration::from_millis(1) };
+    criterion.bench_function("breaker admit + record (closed, time window)", |bench| {
+        bench.iter(|| {
+            let now = Instant::now();
+            let permit = breaker.admit(now).unwrap();
+            black_box(breaker.record(permit, outcome, now))
+        })
+    });
+}
+
+fn p2c_pick(criterion: &mut Criterion) {
+    let now = Instant::now();
+    let balancer = Balancer::new(remora_config::Balance::P2cEwma, 8, now);
+    for endpoint in 0..8 {
+        balancer.observe(endpoint, std::time::Duration::from_micros(500 + endpoint as u64 * 100), now);
+    }
+    criterion.bench_function("P2C peak-EWMA pick over 8 endpoints + start/observe", |bench| {
+        bench.iter(|| {
+            let now = Instant::now();
+            let endpoint = balancer.pick(|_| true, now).unwrap();
+            let in_flight = balancer.start(endpoint);
+            balancer.observe(endpoint, std::time::Duration::from_micros(700), now);
+            drop(in_flight);
+            black_box(endpoint)
+        })
+    });
+}
+
+criterion_group!(benches, route_match, weighted_pick, breaker, p2c_pick);
 criterion_main!(benches);

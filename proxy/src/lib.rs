@@ -40,6 +40,9 @@ pub use error::{ErrorKind, ServeError, Side};
 /// The hot-path pieces, reachable for the criterion benchmarks in `benches/` only: not a stable API.
 #[doc(hidden)]
 pub mod internals {
+    pub use crate::balance::Balancer;
+    pub use crate::breaker::Breaker;
+    pub use crate::outcome::{CallResult, Outcome};
     pub use crate::route::RequestKey;
     pub use crate::snapshot::Snapshot;
 
