@@ -7,8 +7,9 @@
 //!   and moves toward faster ones with weight `1 − exp(−elapsed / 10 s)`. Between observations it
 //!   decays toward zero with the same time constant, as Finagle's and tower's do, so that an endpoint
 //!   that was slow once is tried again after a while instead of being starved for good. An endpoint
-//!   with no observation yet costs 30 ms (linkerd2's default), neither free (which would send it every
-//!   request until its first answer) nor shunned.
+//!   with no observation yet is free while it has nothing in flight (so it gets one request to be
+//!   measured by) and costs 30 ms (linkerd2's default) while that request is out: never flooded, never
+//!   shunned.
 //! - `round_robin`: each eligible endpoint in turn.
 //! - `least_requests`: power of two choices on the requests in flight.
 //!
@@ -197,7 +198,11 @@ impl Load {
     /// Peak-EWMA's cost: expected latency, scaled by the queue a new request would join.
     fn cost(&self, now_nanos: u64) -> f64 {
         let estimate = f64::from_bits(self.ewma_nanos.load(Ordering::Relaxed));
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
         let estimate = match self.observed_at.load(Ordering::Relaxed) {
+            // Unobserved and idle: free, so that a new endpoint gets one request to be measured by
+            // (one at a time: with a request in flight it costs the default, not nothing).
+            0 if in_flight == 0 => return 0.0,
             // Unobserved: the default does not decay, or a new endpoint would soon look free.
             0 => estimate,
             stamp => {
@@ -205,7 +210,7 @@ impl Load {
                 estimate * (-idle_nanos / nanos(DECAY) as f64).exp()
             }
         };
-        estimate * f64::from(self.in_flight.load(Ordering::Relaxed).saturating_add(1))
+        estimate * f64::from(in_flight.saturating_add(1))
     }
 }
 

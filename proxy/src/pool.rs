@@ -64,7 +64,7 @@ pub struct Pool {
     protocol: config::UpstreamProtocol,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    slots: Box<[Arc<Mutex<Slot>>]>,
+    slots: Arc<[Arc<Mutex<Slot>>]>,
     limits: Arc<Limits>,
 }
 
@@ -114,6 +114,7 @@ impl Pool {
         let slot = self.slots[worker_index() % self.slots.len()].clone();
         PoolHandle {
             slot,
+            all: self.slots.clone(),
             endpoint: EndpointTarget {
                 endpoint: self.endpoint.clone(),
                 protocol: self.protocol,
@@ -137,6 +138,9 @@ struct EndpointTarget {
 /// A worker's slot of one endpoint's pool.
 pub struct PoolHandle {
     slot: Arc<Mutex<Slot>>,
+    /// Every worker's slot of this endpoint: at `max_connections`, an idle connection in another
+    /// worker's slot serves rather than a refusal.
+    all: Arc<[Arc<Mutex<Slot>>]>,
     endpoint: EndpointTarget,
 }
 
@@ -163,7 +167,14 @@ impl PoolHandle {
         let reused = self.checkout_http1();
         let (mut sender, mut request) = match reused {
             Some(sender) => (sender, request),
-            None => (self.connect_http1().await?, request),
+            None => match self.connect_http1().await {
+                Ok(sender) => (sender, request),
+                Err(UpstreamError::Limits(Overflow::Connections)) => match self.steal_http1() {
+                    Some(sender) => (sender, request),
+                    None => return Err(UpstreamError::Limits(Overflow::Connections)),
+                },
+                Err(error) => return Err(error),
+            },
         };
         loop {
             match sender.try_send_request(request).await {
@@ -212,6 +223,16 @@ impl PoolHandle {
             // finishing is dropped rather than waited for; the next one is opened fresh.
         }
         None
+    }
+
+    /// A ready idle connection from any worker's slot.
+    fn steal_http1(&self) -> Option<http1::SendRequest<UpstreamBody>> {
+        self.all.iter().find_map(|slot| {
+            let mut slot = lock(slot);
+            let Slot::Http1(idle) = &mut *slot else { return None };
+            let position = idle.iter().rposition(|entry| entry.sender.is_ready())?;
+            Some(idle.remove(position).sender)
+        })
     }
 
     async fn connect_http1(&self) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {

@@ -143,6 +143,7 @@ impl Exchange {
         let mut parts = Some(parts);
         let mut attempt = 0u32;
         let mut _retry_slot = None;
+        let mut last_endpoint = None;
         loop {
             let now = Instant::now();
             if deadline.is_some_and(|deadline| now >= deadline) {
@@ -170,7 +171,9 @@ impl Exchange {
                 (None, Some(deadline)) => Some(deadline - now),
                 (None, None) => None,
             };
-            let (tried, result) = try_once(&cluster, Request::from_parts(head, try_body), limit).await;
+            let (tried, result, used) =
+                try_once(&cluster, Request::from_parts(head, try_body), limit, last_endpoint).await;
+            last_endpoint = used;
             if let (Some(retry), Some(result), false) = (&retry, result, last_try) {
                 if let Some(backoff) =
                     retry_after(retry, &cluster, result, attempt, deadline, &mut _retry_slot)
@@ -221,7 +224,8 @@ async fn try_once(
     cluster: &Cluster,
     mut request: Request<UpstreamBody>,
     limit: Option<Duration>,
-) -> (Tried, Option<CallResult>) {
+    avoid: Option<usize>,
+) -> (Tried, Option<CallResult>, Option<usize>) {
     let now = Instant::now();
     let permit: Option<Permit> = match &cluster.breaker {
         None => None,
@@ -232,20 +236,27 @@ async fn try_once(
                 }
                 Some(permit)
             }
-            Err(refused) => return (Tried::Failed(refused.kind()), None),
+            Err(refused) => return (Tried::Failed(refused.kind()), None, None),
         },
     };
     let eligible = cluster.outlier.eligible(now);
     for restored in &eligible.restored {
         cluster.outlier_event(*restored);
     }
-    let chosen =
-        if eligible.any() { cluster.balancer.pick(|index| eligible.allows(index), now) } else { None };
+    // A retry goes to another endpoint than the one that just failed, when there is one.
+    let chosen = if !eligible.any() {
+        None
+    } else {
+        cluster
+            .balancer
+            .pick(|index| eligible.allows(index) && Some(index) != avoid, now)
+            .or_else(|| cluster.balancer.pick(|index| eligible.allows(index), now))
+    };
     let Some(index) = chosen else {
         if let (Some(breaker), Some(permit)) = (&cluster.breaker, permit) {
             breaker.release(permit);
         }
-        return (Tried::Failed(ErrorKind::Ejected), None);
+        return (Tried::Failed(ErrorKind::Ejected), None, None);
     };
     let endpoint = &cluster.endpoints[index];
     forward::aim(&mut request, endpoint, cluster.protocol);
@@ -268,7 +279,7 @@ async fn try_once(
             if let (Some(breaker), Some(permit)) = (&cluster.breaker, permit) {
                 breaker.release(permit);
             }
-            return (Tried::Failed(ErrorKind::Limits), None);
+            return (Tried::Failed(ErrorKind::Limits), None, Some(index));
         }
         Some(Err(error)) => {
             let result = if error.is_refused_stream() {
@@ -293,7 +304,7 @@ async fn try_once(
     if let Some(event) = cluster.outlier.record(index, result, finished) {
         cluster.outlier_event(event);
     }
-    (tried, Some(result))
+    (tried, Some(result), Some(index))
 }
 
 fn breaker_event(cluster: &Cluster, transition: crate::breaker::Transition) {

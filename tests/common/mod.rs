@@ -10,6 +10,7 @@
 //! Every await on the network goes through [`within`], so a proxy bug fails a test instead of hanging it.
 #![allow(dead_code, unused_imports)] // each test binary uses its own part of the harness
 
+pub mod chaos;
 pub mod client;
 pub mod process;
 pub mod upstream;
@@ -26,6 +27,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::sync::mpsc;
 
+pub use chaos::*;
 pub use client::{h1_client, h2_client, H1Conn, H2Conn, RawConn, RawOutcome, RawResponse};
 pub use process::{remora_check, Memory, Proxy};
 pub use upstream::{dead_addr, Gate, Proto, Seen, Upstream};
