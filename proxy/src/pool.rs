@@ -111,9 +111,8 @@ impl Pool {
     /// Everything a request needs to be sent from the current worker: owned, so the send can happen
     /// in the request's own future after the snapshot guard is gone.
     pub fn handle(&self) -> PoolHandle {
-        let slot = self.slots[worker_index() % self.slots.len()].clone();
         PoolHandle {
-            slot,
+            index: worker_index() % self.slots.len(),
             all: self.slots.clone(),
             endpoint: EndpointTarget {
                 endpoint: self.endpoint.clone(),
@@ -137,10 +136,11 @@ struct EndpointTarget {
 
 /// A worker's slot of one endpoint's pool.
 pub struct PoolHandle {
-    slot: Arc<Mutex<Slot>>,
     /// Every worker's slot of this endpoint: at `max_connections`, an idle connection in another
     /// worker's slot serves rather than a refusal.
     all: Arc<[Arc<Mutex<Slot>>]>,
+    /// This worker's slot in `all`.
+    index: usize,
     endpoint: EndpointTarget,
 }
 
@@ -182,7 +182,7 @@ impl PoolHandle {
                     // A connection that switched protocols, or that the upstream will close, is not
                     // reused.
                     let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
-                    let lease = reusable.then(|| Lease { sender, slot: self.slot.clone() });
+                    let lease = reusable.then(|| Lease { sender, slot: self.all[self.index].clone() });
                     return Ok((response, lease));
                 }
                 Err(mut error) => match error.take_message() {
@@ -204,7 +204,7 @@ impl PoolHandle {
 
     /// The most recently used idle connection that is ready; closed and expired ones are dropped.
     fn checkout_http1(&self) -> Option<http1::SendRequest<UpstreamBody>> {
-        let mut slot = lock(&self.slot);
+        let mut slot = lock(self.slot());
         let Slot::Http1(idle) = &mut *slot else { return None };
         let now = Instant::now();
         // The oldest sit at the bottom: drop those past the idle timeout.
@@ -223,6 +223,10 @@ impl PoolHandle {
             // finishing is dropped rather than waited for; the next one is opened fresh.
         }
         None
+    }
+
+    fn slot(&self) -> &Mutex<Slot> {
+        &self.all[self.index]
     }
 
     /// A ready idle connection from any worker's slot.
@@ -254,7 +258,7 @@ impl PoolHandle {
         self,
         request: Request<UpstreamBody>,
     ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
-        let existing = match &*lock(&self.slot) {
+        let existing = match &*lock(self.slot()) {
             Slot::Http2(Some(sender)) if !sender.is_closed() => Some(sender.clone()),
             _ => None,
         };
@@ -262,7 +266,7 @@ impl PoolHandle {
             Some(sender) => sender,
             None => {
                 let sender = self.connect_http2().await?;
-                if let Slot::Http2(stored) = &mut *lock(&self.slot) {
+                if let Slot::Http2(stored) = &mut *lock(self.slot()) {
                     *stored = Some(sender.clone());
                 }
                 sender
