@@ -380,6 +380,11 @@ async fn without_a_per_try_timeout_the_route_timeout_ends_the_request_unretried(
     let reply = get(&h1_client(), &proxy.url("/orders")).await;
     let elapsed = started.elapsed();
     assert!(reply.is_error(504, "timeout"), "{reply:?}");
-    assert!(elapsed < Duration::from_secs(1), "504 after {elapsed:?} for a 300ms route timeout");
+    // The upstream answers only after 2 s: a 504 before that came from the route timeout. (No tighter
+    // bound: wall-clock speed on a loaded machine is not what this test checks.)
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "504 after {elapsed:?}: the 300ms route timeout did not end the wait"
+    );
     assert_eq!(up.requests(), 1, "a timeout is retried only when per_try_timeout is set");
 }
