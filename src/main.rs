@@ -59,16 +59,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by `REMORA_LOG` (or `RUST_LOG`), `info` by default.
+/// Logs go to stderr, filtered by `REMORA_LOG` (or `RUST_LOG`), `info` by default. The access log
+/// (`[stats] access_log = true`) goes to stdout as JSON lines, whatever the log filter says.
 fn init_logging() {
-    let filter = std::env::var("REMORA_LOG")
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{filter, fmt, EnvFilter, Layer};
+
+    const ACCESS: &str = "remora::access";
+    let directives = std::env::var("REMORA_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_owned());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+    let logs = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_filter(EnvFilter::new(directives))
+        .with_filter(filter::filter_fn(|metadata| metadata.target() != ACCESS));
+    let access = fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_target(false)
+        .with_writer(std::io::stdout)
+        .with_filter(filter::filter_fn(|metadata| metadata.target() == ACCESS));
+    tracing_subscriber::registry().with(logs).with(access).init();
 }
 
 fn check(file: &Path) -> ExitCode {

@@ -324,6 +324,8 @@ pub struct Outlier {
 pub struct Stats {
     pub buckets_ms: Vec<f64>,
     pub access_log: bool,
+    /// The span of `/stats`' "last interval" figures.
+    pub interval: Duration,
 }
 
 impl Default for Stats {
@@ -333,6 +335,7 @@ impl Default for Stats {
                 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
             ],
             access_log: false,
+            interval: Duration::from_secs(10),
         }
     }
 }

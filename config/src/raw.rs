@@ -169,4 +169,5 @@ pub struct RawOutlier {
 pub struct RawStats {
     pub buckets_ms: Option<Vec<f64>>,
     pub access_log: Option<bool>,
+    pub interval: Option<Duration>,
 }

@@ -614,7 +614,11 @@ impl Validator<'_> {
         let stats = Stats {
             buckets_ms: raw.buckets_ms.unwrap_or(defaults.buckets_ms),
             access_log: raw.access_log.unwrap_or(defaults.access_log),
+            interval: raw.interval.unwrap_or(defaults.interval),
         };
+        if stats.interval.get() < std::time::Duration::from_millis(100) {
+            self.errors.push("stats.interval", "must be at least 100ms");
+        }
         if stats.buckets_ms.is_empty() {
             self.errors.push("stats.buckets_ms", "needs at least one bucket");
         }

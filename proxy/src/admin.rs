@@ -1,4 +1,5 @@
-//! The admin server (default `127.0.0.1:9901`): `/ready`, `/live` and `/config`. It keeps answering
+//! The admin server (default `127.0.0.1:9901`): `/ready`, `/live`, `/config`, `/clusters`, `/events`,
+//! `/stats` (JSON) and `/metrics` (Prometheus text). It keeps answering
 //! while the proxy drains, so that orchestrators see `/ready` turn 503.
 
 use std::convert::Infallible;
@@ -63,6 +64,15 @@ fn handle(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> {
         "/live" => text(StatusCode::OK, "live\n"),
         "/clusters" => json(&clusters(shared)),
         "/events" => json(&events(shared)),
+        "/stats" => json(&crate::stats::view::stats_json(shared)),
+        "/metrics" => {
+            let mut response =
+                Response::new(ProxyBody::local(Bytes::from(crate::stats::view::metrics_text(shared))));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(crate::exposition::CONTENT_TYPE));
+            response
+        }
         "/config" => {
             let snapshot = shared.snapshot.load();
             match serde_json::to_vec_pretty(&*snapshot.config) {
@@ -75,7 +85,10 @@ fn handle(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> {
                 Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{error}\n")),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /ready, /live, /config, /clusters or /events\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /ready, /live, /config, /clusters, /events, /stats or /metrics\n",
+        ),
     }
 }
 

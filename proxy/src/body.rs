@@ -1,7 +1,8 @@
 //! The response body the proxy hands to hyper: the upstream's stream, passed through untouched, or a
 //! short body of the proxy's own. An enum rather than a boxed trait object: no allocation per request.
 //! The upstream variant carries the lease of its HTTP/1.1 connection and gives it back to the pool the
-//! moment the last frame has arrived.
+//! moment the last frame has arrived. A proxied request's stats [`Record`] rides along and is written
+//! when the body ends, fails or is dropped.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,9 +12,16 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::pool::Lease;
+use crate::stats::Record;
 
 #[derive(Debug)]
-pub enum ProxyBody {
+pub struct ProxyBody {
+    kind: Kind,
+    record: Option<Record>,
+}
+
+#[derive(Debug)]
+enum Kind {
     /// The upstream's body, frames (data and trailers) passed as they come.
     Upstream { body: Incoming, lease: Option<Lease> },
     /// A body the proxy wrote itself; `None` once sent.
@@ -22,11 +30,11 @@ pub enum ProxyBody {
 
 impl ProxyBody {
     pub fn local(bytes: Bytes) -> Self {
-        ProxyBody::Local(Some(bytes))
+        Self { kind: Kind::Local(Some(bytes)), record: None }
     }
 
     pub fn empty() -> Self {
-        ProxyBody::Local(None)
+        Self { kind: Kind::Local(None), record: None }
     }
 
     /// The upstream's body; a body that is already complete gives its connection back at once.
@@ -35,9 +43,28 @@ impl ProxyBody {
             if let Some(lease) = lease {
                 lease.release();
             }
-            return ProxyBody::Upstream { body, lease: None };
+            return Self { kind: Kind::Upstream { body, lease: None }, record: None };
         }
-        ProxyBody::Upstream { body, lease }
+        Self { kind: Kind::Upstream { body, lease }, record: None }
+    }
+
+    /// Attaches the request's stats, written when the body ends.
+    pub fn with_record(mut self, record: Record) -> Self {
+        self.record = Some(record);
+        self
+    }
+
+    fn finish(&mut self, reset: bool) {
+        if let Some(record) = self.record.take() {
+            record.finish(reset);
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper drops a body it has sent in full (and one whose client went away).
+        self.finish(false);
     }
 }
 
@@ -49,8 +76,9 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         context: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Upstream { body, lease } => {
+        let this = self.get_mut();
+        let (frame, ended, failed) = match &mut this.kind {
+            Kind::Upstream { body, lease } => {
                 let frame = Pin::new(&mut *body).poll_frame(context);
                 // hyper stops polling a body whose size is known once it is complete, so the end is
                 // seen either as `None` or as `is_end_stream` after the last frame.
@@ -64,24 +92,31 @@ impl Body for ProxyBody {
                         lease.release();
                     }
                 }
-                frame
+                let failed = matches!(frame, Poll::Ready(Some(Err(_))));
+                (frame, ended, failed)
             }
-            ProxyBody::Local(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+            Kind::Local(bytes) => {
+                (Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))), true, false)
+            }
+        };
+        if ended || failed {
+            this.finish(failed);
         }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
-            ProxyBody::Local(bytes) => bytes.is_none(),
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Local(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Upstream { body, .. } => body.size_hint(),
-            ProxyBody::Local(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            ProxyBody::Local(None) => SizeHint::with_exact(0),
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Local(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Kind::Local(None) => SizeHint::with_exact(0),
         }
     }
 }

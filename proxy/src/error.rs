@@ -96,6 +96,20 @@ impl ErrorKind {
     }
 
     /// The local reply: status, `x-remora-error`, and a short plain-text body.
+    /// How the stats count a request the proxy answered this way.
+    pub fn outcome(self) -> crate::stats::RequestOutcome {
+        use crate::stats::RequestOutcome;
+        match self {
+            ErrorKind::NoRoute | ErrorKind::BadRequest(_) => RequestOutcome::ClientError,
+            ErrorKind::Connect => RequestOutcome::Connect,
+            ErrorKind::Timeout => RequestOutcome::Timeout,
+            ErrorKind::UpstreamReset => RequestOutcome::Reset,
+            ErrorKind::Limits => RequestOutcome::Limits,
+            ErrorKind::Open => RequestOutcome::Open,
+            ErrorKind::Ejected => RequestOutcome::Ejected,
+        }
+    }
+
     pub fn response(self) -> Response<ProxyBody> {
         let mut response = Response::new(ProxyBody::local(Bytes::from_static(self.body().as_bytes())));
         *response.status_mut() = self.status();

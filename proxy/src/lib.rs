@@ -13,6 +13,7 @@ mod breaker;
 mod cluster;
 mod error;
 mod events;
+mod exposition;
 mod forward;
 mod headers;
 mod limits;
@@ -25,6 +26,8 @@ mod route;
 mod server;
 mod snapshot;
 mod split;
+mod stats;
+mod trace;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,7 +61,8 @@ pub mod internals {
 
     /// Compiles a configuration as the proxy does, for one worker.
     pub fn snapshot(config: remora_config::Config) -> Snapshot {
-        Snapshot::build(std::sync::Arc::new(config), 1, &std::sync::Arc::default())
+        let stats = crate::stats::Stats::new(1);
+        Snapshot::build(std::sync::Arc::new(config), 1, &std::sync::Arc::default(), &stats)
     }
 }
 
@@ -110,6 +114,8 @@ pub async fn run(
             stop_rx.clone(),
         )));
     }
+    let stats_interval = shared.snapshot.load().config.stats.interval.get();
+    tokio::spawn(stats::ticker(shared.stats.clone(), stats_interval, stop_rx.clone()));
     let admin = tokio::spawn(admin::serve(admin_socket, shared.clone(), stop_rx));
     tracing::info!(addr = %bound.admin, "admin listening");
     on_bound(&bound);
@@ -141,6 +147,17 @@ pub fn worker_threads(configured: usize) -> usize {
         0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
         workers => workers,
     }
+}
+
+/// This thread's worker number, handed out in the order threads first ask: per-worker state (pool
+/// slots, stats recorders) is indexed by it modulo its length.
+pub(crate) fn worker_index() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|index| *index)
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -60,6 +60,7 @@ pub async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(builder);
+    let connections = shared.stats.connections(&name);
     loop {
         let (stream, client) = tokio::select! {
             biased;
@@ -80,7 +81,9 @@ pub async fn accept_loop(
         let service = ProxyService::new(shared.clone(), name.clone(), client);
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let open = crate::stats::ConnectionGuard::new(&connections);
         tokio::spawn(async move {
+            let _open = open;
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(client = %client, error = %error, "connection ended with an error");

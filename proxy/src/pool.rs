@@ -9,7 +9,6 @@
 //! This replaces hyper-util's generic pool, which hashes a key, spawns a task per response and shares
 //! one lock across every thread (measured in `benches/README.md`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -112,7 +111,7 @@ impl Pool {
     /// in the request's own future after the snapshot guard is gone.
     pub fn handle(&self) -> PoolHandle {
         PoolHandle {
-            index: worker_index() % self.slots.len(),
+            index: crate::worker_index() % self.slots.len(),
             all: self.slots.clone(),
             endpoint: EndpointTarget {
                 endpoint: self.endpoint.clone(),
@@ -353,13 +352,4 @@ async fn connect(
 /// poisoned lock is used as it is.
 fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
     slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// This thread's worker number, handed out in the order threads first ask.
-fn worker_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    INDEX.with(|index| *index)
 }

@@ -10,8 +10,12 @@
 //!    retryable failure is tried again (`retry`) while the policy, the budget, `max_retries` and the
 //!    deadline allow it and the body can be replayed.
 //!
-//! No snapshot is cloned per request: only the chosen cluster's `Arc` (and the route's retry state,
-//! when it has one) travels into the future.
+//! 8. the stats: the response's [`Record`](crate::stats::Record) (outcome, status, time to the head)
+//!    rides on its body and is written into the route × cluster × version series when the body ends.
+//!
+//! No snapshot is cloned per request: only the chosen cluster's and series' `Arc`s (and the route's
+//! retry state, when it has one) travel into the future. Every request leaves with a valid W3C
+//! `traceparent` (`trace`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,6 +42,7 @@ use crate::pool::{Lease, UpstreamError};
 use crate::retry::{Replay, UpstreamBody, REPLAY_LIMIT};
 use crate::route::{host_of, RequestKey, RouteRetry};
 use crate::snapshot::Shared;
+use crate::stats::{micros, AccessEntry, Record, RequestOutcome, Series};
 
 /// The service of one downstream connection.
 #[derive(Clone)]
@@ -58,9 +63,10 @@ impl ProxyService {
     }
 
     /// Routes and picks the backend; cleans the headers.
-    fn prepare(&self, mut request: Request<Incoming>) -> Result<Exchange, ErrorKind> {
+    fn prepare(&self, mut request: Request<Incoming>, started: Instant) -> Result<Exchange, ErrorKind> {
         let host = request_host(&request)?;
         let snapshot = self.shared.snapshot.load();
+        let access_log = snapshot.config.stats.access_log;
         let table = snapshot.table(&self.listener).ok_or(ErrorKind::NoRoute)?;
         let key = RequestKey {
             host: host.map(host_of),
@@ -69,16 +75,34 @@ impl ProxyService {
             headers: request.headers(),
         };
         let route = table.find(&key).ok_or(ErrorKind::NoRoute)?;
-        let cluster = route.split.pick(request.headers()).cluster.clone();
+        let target = route.split.pick(request.headers());
+        let (cluster, series) = (target.cluster.clone(), target.series.clone());
+        let access = access_log.then(|| {
+            Box::new(AccessEntry {
+                method: request.method().clone(),
+                path: request.uri().path().into(),
+                host: host.unwrap_or_default().into(),
+                client: self.client_ip.clone(),
+                traceparent: HeaderValue::from_static(""),
+            })
+        });
 
         let upgrade = cluster.protocol == remora_config::UpstreamProtocol::Http1
             && request.version() <= Version::HTTP_11
             && headers::is_upgrade(request.headers());
         headers::remove_hop_by_hop(request.headers_mut(), upgrade);
         headers::add_forwarded(request.headers_mut(), &self.client_ip, "http");
+        let traceparent = crate::trace::ensure_traceparent(request.headers_mut());
+        let access = access.map(|mut access| {
+            access.traceparent = traceparent;
+            access
+        });
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         Ok(Exchange {
             request,
+            started,
+            series,
+            access,
             cluster,
             timeout: route.timeout,
             // A protocol switch is never retried: the handshake cannot be replayed.
@@ -94,9 +118,13 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = ServiceFuture;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        match self.prepare(request) {
+        let started = Instant::now();
+        match self.prepare(request, started) {
             Ok(exchange) => Box::pin(exchange.finish()),
-            Err(kind) => Box::pin(std::future::ready(Ok(kind.response()))),
+            Err(kind) => {
+                self.shared.stats.unrouted(kind);
+                Box::pin(std::future::ready(Ok(kind.response())))
+            }
         }
     }
 }
@@ -104,10 +132,21 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 /// A routed request on its way to the cluster.
 struct Exchange {
     request: Request<Incoming>,
+    started: Instant,
+    series: Arc<Series>,
+    access: Option<Box<AccessEntry>>,
     cluster: Arc<Cluster>,
     timeout: Option<Duration>,
     retry: Option<Arc<RouteRetry>>,
     downstream_upgrade: Option<OnUpgrade>,
+}
+
+/// What the client gets: the upstream's response, or the proxy's own answer.
+// Moved once per request: boxing the larger variant would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Reply {
+    Upstream(Response<ProxyBody>),
+    Local(ErrorKind),
 }
 
 /// How one try ended.
@@ -117,75 +156,101 @@ enum Tried {
 }
 
 impl Exchange {
+    /// Forwards the request and attaches its stats record to the response.
     async fn finish(self) -> Result<Response<ProxyBody>, Infallible> {
-        let Exchange { request, cluster, timeout, retry, downstream_upgrade } = self;
-        let started = Instant::now();
-        let deadline = timeout.map(|timeout| started + timeout);
-        let Ok(_in_flight) = cluster.limits.request() else {
-            return Ok(ErrorKind::Limits.response());
-        };
-        if let Some(retry) = &retry {
-            retry.budget.deposit(started);
-        }
-        let (parts, body) = request.into_parts();
-        // Only a body known to be small is held for replay; any other is streamed once and its
-        // request never retried.
-        let mut body = match &retry {
-            Some(_) => match crate::retry::replay(body, REPLAY_LIMIT).await {
-                Ok(replay) => replay,
-                Err(error) => {
-                    tracing::debug!(%error, "reading the request body failed");
-                    return Ok(ErrorKind::BadRequest("the request body could not be read\n").response());
-                }
-            },
-            None => Replay::Streaming(body),
-        };
-        let mut parts = Some(parts);
-        let mut attempt = 0u32;
-        let mut _retry_slot = None;
-        let mut last_endpoint = None;
-        loop {
-            let now = Instant::now();
-            if deadline.is_some_and(|deadline| now >= deadline) {
-                return Ok(ErrorKind::Timeout.response());
+        let Exchange { request, started, series, access, cluster, timeout, retry, downstream_upgrade } = self;
+        let reply = forward(request, started, &cluster, timeout, retry, downstream_upgrade).await;
+        let (response, outcome) = match reply {
+            Reply::Upstream(response) => {
+                let outcome = RequestOutcome::of_status(response.status().as_u16());
+                (response, outcome)
             }
-            let replayable = matches!(body, Replay::Replayable(_));
-            let last_try = retry.is_none() || !replayable;
-            let head = if last_try { parts.take() } else { parts.as_ref().map(clone_head) };
-            let try_body = match &mut body {
-                Replay::Replayable(replayable) => Some(replayable.body()),
-                Replay::Streaming(_) => {
-                    match std::mem::replace(&mut body, Replay::Replayable(Default::default())) {
-                        Replay::Streaming(streaming) => Some(UpstreamBody::Streaming(streaming)),
-                        Replay::Replayable(_) => None,
-                    }
-                }
-            };
-            let (Some(head), Some(try_body)) = (head, try_body) else {
-                return Ok(ErrorKind::UpstreamReset.response());
-            };
-            let per_try = retry.as_ref().and_then(|retry| retry.policy.per_try_timeout());
-            let limit = match (per_try, deadline) {
-                (Some(per_try), Some(deadline)) => Some(per_try.min(deadline - now)),
-                (Some(per_try), None) => Some(per_try),
-                (None, Some(deadline)) => Some(deadline - now),
-                (None, None) => None,
-            };
-            let (tried, result, used) =
-                try_once(&cluster, Request::from_parts(head, try_body), limit, last_endpoint).await;
-            last_endpoint = used;
-            if let (Some(retry), Some(result), false) = (&retry, result, last_try) {
-                if let Some(backoff) =
-                    retry_after(retry, &cluster, result, attempt, deadline, &mut _retry_slot)
-                {
-                    attempt += 1;
-                    tracing::debug!(cluster = %cluster.name, attempt, ?result, "retrying");
-                    tokio::time::sleep(backoff).await;
-                    continue;
+            Reply::Local(kind) => (kind.response(), kind.outcome()),
+        };
+        let record = Record {
+            series,
+            started,
+            headers_us: micros(started.elapsed()),
+            status: response.status().as_u16(),
+            outcome,
+            access,
+        };
+        Ok(response.map(|body| body.with_record(record)))
+    }
+}
+
+/// Steps 5 to 7: guards, endpoint, tries.
+async fn forward(
+    request: Request<Incoming>,
+    started: Instant,
+    cluster: &Arc<Cluster>,
+    timeout: Option<Duration>,
+    retry: Option<Arc<RouteRetry>>,
+    downstream_upgrade: Option<OnUpgrade>,
+) -> Reply {
+    let deadline = timeout.map(|timeout| started + timeout);
+    let Ok(_in_flight) = cluster.limits.request() else {
+        return Reply::Local(ErrorKind::Limits);
+    };
+    if let Some(retry) = &retry {
+        retry.budget.deposit(started);
+    }
+    let (parts, body) = request.into_parts();
+    // Only a body known to be small is held for replay; any other is streamed once and its
+    // request never retried.
+    let mut body = match &retry {
+        Some(_) => match crate::retry::replay(body, REPLAY_LIMIT).await {
+            Ok(replay) => replay,
+            Err(error) => {
+                tracing::debug!(%error, "reading the request body failed");
+                return Reply::Local(ErrorKind::BadRequest("the request body could not be read\n"));
+            }
+        },
+        None => Replay::Streaming(body),
+    };
+    let mut parts = Some(parts);
+    let mut attempt = 0u32;
+    let mut _retry_slot = None;
+    let mut last_endpoint = None;
+    loop {
+        let now = Instant::now();
+        if deadline.is_some_and(|deadline| now >= deadline) {
+            return Reply::Local(ErrorKind::Timeout);
+        }
+        let replayable = matches!(body, Replay::Replayable(_));
+        let last_try = retry.is_none() || !replayable;
+        let head = if last_try { parts.take() } else { parts.as_ref().map(clone_head) };
+        let try_body = match &mut body {
+            Replay::Replayable(replayable) => Some(replayable.body()),
+            Replay::Streaming(_) => {
+                match std::mem::replace(&mut body, Replay::Replayable(Default::default())) {
+                    Replay::Streaming(streaming) => Some(UpstreamBody::Streaming(streaming)),
+                    Replay::Replayable(_) => None,
                 }
             }
-            return Ok(respond(tried, &cluster, downstream_upgrade));
+        };
+        let (Some(head), Some(try_body)) = (head, try_body) else {
+            return Reply::Local(ErrorKind::UpstreamReset);
+        };
+        let per_try = retry.as_ref().and_then(|retry| retry.policy.per_try_timeout());
+        let limit = match (per_try, deadline) {
+            (Some(per_try), Some(deadline)) => Some(per_try.min(deadline - now)),
+            (Some(per_try), None) => Some(per_try),
+            (None, Some(deadline)) => Some(deadline - now),
+            (None, None) => None,
+        };
+        let (tried, result, used) =
+            try_once(cluster, Request::from_parts(head, try_body), limit, last_endpoint).await;
+        last_endpoint = used;
+        if let (Some(retry), Some(result), false) = (&retry, result, last_try) {
+            if let Some(backoff) = retry_after(retry, cluster, result, attempt, deadline, &mut _retry_slot) {
+                attempt += 1;
+                tracing::debug!(cluster = %cluster.name, attempt, ?result, "retrying");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
         }
+        return respond(tried, cluster, downstream_upgrade);
     }
 }
 
@@ -318,15 +383,15 @@ fn breaker_event(cluster: &Cluster, transition: crate::breaker::Transition) {
 
 /// The client's response: the upstream's (hop-by-hop headers removed, a protocol switch joined), or
 /// the proxy's own.
-fn respond(tried: Tried, cluster: &Cluster, downstream_upgrade: Option<OnUpgrade>) -> Response<ProxyBody> {
+fn respond(tried: Tried, cluster: &Cluster, downstream_upgrade: Option<OnUpgrade>) -> Reply {
     let (mut response, lease) = match tried {
         Tried::Response(response, lease) => (response, lease),
-        Tried::Failed(kind) => return kind.response(),
+        Tried::Failed(kind) => return Reply::Local(kind),
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(downstream) = downstream_upgrade else {
             tracing::debug!(cluster = %cluster.name, "upstream switched protocols unasked");
-            return ErrorKind::UpstreamReset.response();
+            return Reply::Local(ErrorKind::UpstreamReset);
         };
         let upstream = hyper::upgrade::on(&mut response);
         tokio::spawn(tunnel(downstream, upstream));
@@ -334,7 +399,7 @@ fn respond(tried: Tried, cluster: &Cluster, downstream_upgrade: Option<OnUpgrade
     } else {
         headers::remove_hop_by_hop(response.headers_mut(), false);
     }
-    response.map(|body| ProxyBody::upstream(body, lease))
+    Reply::Upstream(response.map(|body| ProxyBody::upstream(body, lease)))
 }
 
 /// A copy of a request head for another try.

@@ -13,6 +13,7 @@ use crate::cluster::Cluster;
 use crate::events::Events;
 use crate::route::{Route, RouteTable};
 use crate::split::{Split, Target};
+use crate::stats::Stats;
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -23,7 +24,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Compiles a validated configuration for a proxy with `workers` worker threads.
-    pub fn build(config: Arc<Config>, workers: usize, events: &Arc<Events>) -> Self {
+    /// Each route's backends get their stats series from `stats` (kept across snapshots by key).
+    pub fn build(config: Arc<Config>, workers: usize, events: &Arc<Events>, stats: &Stats) -> Self {
         let clusters: BTreeMap<String, Arc<Cluster>> = config
             .clusters
             .iter()
@@ -43,7 +45,8 @@ impl Snapshot {
                             .iter()
                             .filter_map(|backend| {
                                 let cluster = clusters.get(&backend.cluster)?.clone();
-                                Some(Target { cluster, weight: backend.weight })
+                                let series = stats.series(&route.name, &cluster.name, &cluster.version);
+                                Some(Target { cluster, weight: backend.weight, series })
                             })
                             .collect();
                         Route::new(route, Split::new(targets, route.sticky.as_ref()))
@@ -73,15 +76,19 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Breaker and ejection events, for the logs and the control report.
     pub events: Arc<Events>,
+    /// Every route × cluster × version's figures, and the process' counters.
+    pub stats: Arc<Stats>,
 }
 
 impl Shared {
     pub fn new(config: Config, workers: usize) -> Self {
         let events = Arc::new(Events::default());
+        let stats = Arc::new(Stats::new(workers));
         Self {
-            snapshot: ArcSwap::from_pointee(Snapshot::build(Arc::new(config), workers, &events)),
+            snapshot: ArcSwap::from_pointee(Snapshot::build(Arc::new(config), workers, &events, &stats)),
             draining: AtomicBool::new(false),
             events,
+            stats,
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Split {
 pub struct Target {
     pub cluster: Arc<Cluster>,
     pub weight: u32,
+    /// Where this route's requests to this cluster are counted.
+    pub series: Arc<crate::stats::Series>,
 }
 
 #[derive(Debug)]
@@ -147,6 +149,7 @@ mod tests {
             .map(|(version, weight)| Target {
                 cluster: Arc::new(Cluster::for_tests(version)),
                 weight: *weight,
+                series: crate::stats::Stats::new(1).series("route", "cluster", version),
             })
             .collect();
         Split::new(targets, sticky.as_ref())

@@ -25,6 +25,8 @@ pub struct Proxy {
     pub ready: String,
     stderr_path: PathBuf,
     dir: tempfile::TempDir,
+    /// stdout after `ready:` (the access log), line by line.
+    output: tokio::sync::watch::Receiver<Vec<String>>,
 }
 
 /// Why a proxy did not become ready.
@@ -128,9 +130,15 @@ impl Proxy {
             stdout.push_str("(no `admin on http://…` line before `ready:`)\n");
             return Err(StartFailure { status: None, stdout, stderr: stderr() });
         };
-        // Keep draining stdout so that a chatty proxy never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Proxy { child, pid, listeners, admin, ready, stderr_path, dir })
+        // Keep draining stdout so that a chatty proxy never blocks on a full pipe; the lines are kept
+        // for the tests that read the access log.
+        let (output_tx, output) = tokio::sync::watch::channel(Vec::new());
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                output_tx.send_modify(|output| output.push(line));
+            }
+        });
+        Ok(Proxy { child, pid, listeners, admin, ready, stderr_path, dir, output })
     }
 
     /// The address of the listener printed first.
@@ -199,6 +207,31 @@ impl Proxy {
     /// `None` while the process runs.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("try_wait on remora")
+    }
+
+    /// Waits for a stdout line (after `ready:`) that `matches`, failing the test after the harness'
+    /// timeout.
+    pub async fn stdout_line(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let mut output = self.output.clone();
+        let found = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                if let Some(line) = output.borrow_and_update().iter().find(|line| matches(line)) {
+                    return Some(line.clone());
+                }
+                if output.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!(
+                "no stdout line with {what}; stdout after ready was:\n{}\n--- stderr ---\n{}",
+                self.output.borrow().join("\n"),
+                self.stderr()
+            ),
+        }
     }
 
     pub fn stderr(&self) -> String {

@@ -1,0 +1,233 @@
+//! The stats as operators read them: `/stats` (JSON, exact percentiles from the HDR histograms) and
+//! `/metrics` (Prometheus text: the histograms folded into the configured buckets, counters, gauges).
+
+use std::sync::atomic::Ordering;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use super::{Recorder, RequestOutcome};
+use crate::exposition::{Exposition, Kind};
+use crate::snapshot::Shared;
+
+/// `/stats`: per route × cluster × version, the last complete interval and everything since start.
+pub fn stats_json(shared: &Shared) -> Value {
+    let stats = &shared.stats;
+    let (uptime, interval) = stats.spans();
+    let series: Vec<Value> = stats
+        .all()
+        .iter()
+        .map(|series| {
+            let views = series.views();
+            json!({
+                "route": &*series.key.route,
+                "cluster": &*series.key.cluster,
+                "version": &*series.key.version,
+                "last_interval": figures(&views.last, interval.as_secs_f64()),
+                "since_start": figures(&views.since_start, uptime.as_secs_f64()),
+            })
+        })
+        .collect();
+    json!({
+        "uptime_seconds": uptime.as_secs_f64(),
+        "interval_seconds": interval.as_secs_f64(),
+        "unrouted": {
+            "no_route": stats.no_route.load(Ordering::Relaxed),
+            "bad_request": stats.bad_request.load(Ordering::Relaxed),
+        },
+        "series": series,
+    })
+}
+
+fn figures(recorder: &Recorder, seconds: f64) -> Value {
+    let requests = recorder.requests();
+    let outcomes: serde_json::Map<String, Value> = RequestOutcome::ALL
+        .iter()
+        .map(|outcome| (outcome.name().to_owned(), json!(recorder.count(*outcome))))
+        .collect();
+    let classes: serde_json::Map<String, Value> = recorder
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(class, count)| (format!("{}xx", class + 1), json!(count)))
+        .collect();
+    json!({
+        "requests": requests,
+        "rps": if seconds > 0.0 { requests as f64 / seconds } else { 0.0 },
+        "success_rate": recorder.success_rate(),
+        "outcomes": outcomes,
+        "status": classes,
+        "latency_ms": percentiles(&recorder.latency),
+        "headers_latency_ms": percentiles(&recorder.headers),
+    })
+}
+
+/// p50, p90, p99, p99.9, max and mean in milliseconds; `null` without samples.
+fn percentiles(histogram: &Histogram<u64>) -> Value {
+    if histogram.is_empty() {
+        return Value::Null;
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    json!({
+        "p50": ms(histogram.value_at_quantile(0.5)),
+        "p90": ms(histogram.value_at_quantile(0.9)),
+        "p99": ms(histogram.value_at_quantile(0.99)),
+        "p999": ms(histogram.value_at_quantile(0.999)),
+        "max": ms(histogram.max()),
+        "mean": histogram.mean() / 1000.0,
+    })
+}
+
+/// `/metrics`: Prometheus text exposition.
+pub fn metrics_text(shared: &Shared) -> String {
+    let stats = &shared.stats;
+    let snapshot = shared.snapshot.load();
+    let buckets_ms = &snapshot.config.stats.buckets_ms;
+    let all = stats.all();
+    let views: Vec<_> = all.iter().map(|series| (series, series.views().since_start.clone())).collect();
+
+    let mut out = Exposition::new();
+    out.family(
+        "remora_requests_total",
+        Kind::Counter,
+        "Requests by route, backend cluster, version and outcome.",
+    );
+    for (series, recorder) in &views {
+        let [route, cluster, version] = labels(series);
+        for outcome in RequestOutcome::ALL {
+            out.sample_u64(&[route, cluster, version, ("outcome", outcome.name())], recorder.count(outcome));
+        }
+    }
+    out.family(
+        "remora_responses_total",
+        Kind::Counter,
+        "Responses by route, backend cluster, version and status class.",
+    );
+    for (series, recorder) in &views {
+        let [route, cluster, version] = labels(series);
+        for (class, count) in recorder.classes.iter().enumerate() {
+            const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+            out.sample_u64(&[route, cluster, version, ("code", CLASSES[class])], *count);
+        }
+    }
+    out.family(
+        "remora_request_duration_seconds",
+        Kind::Histogram,
+        "Request received to end of response body, from the proxy's HDR histograms.",
+    );
+    for (series, recorder) in &views {
+        let buckets = fold(&recorder.latency, buckets_ms);
+        out.histogram(
+            &labels(series),
+            &buckets,
+            recorder.latency_sum_us as f64 / 1e6,
+            recorder.latency.len(),
+        );
+    }
+    out.family(
+        "remora_response_headers_duration_seconds",
+        Kind::Histogram,
+        "Request received to response head sent, from the proxy's HDR histograms.",
+    );
+    for (series, recorder) in &views {
+        let buckets = fold(&recorder.headers, buckets_ms);
+        // HDR keeps no exact sum; the bucketed values' sum is exact to its 3 significant digits.
+        let sum: f64 = recorder
+            .headers
+            .iter_recorded()
+            .map(|value| value.value_iterated_to() as f64 * value.count_at_value() as f64)
+            .sum();
+        out.histogram(&labels(series), &buckets, sum / 1e6, recorder.headers.len());
+    }
+    out.family(
+        "remora_unrouted_requests_total",
+        Kind::Counter,
+        "Requests answered before a route was chosen, by reason.",
+    );
+    out.sample_u64(&[("reason", "no_route")], stats.no_route.load(Ordering::Relaxed));
+    out.sample_u64(&[("reason", "bad_request")], stats.bad_request.load(Ordering::Relaxed));
+
+    let now = tokio::time::Instant::now();
+    let clusters: Vec<_> = snapshot.clusters().collect();
+    out.family("remora_breaker_state", Kind::Gauge, "1 for the state each cluster's circuit breaker is in.");
+    for cluster in &clusters {
+        if let Some(breaker) = &cluster.breaker {
+            let state = breaker.view(now).state;
+            for candidate in ["closed", "open", "half_open"] {
+                let value = if candidate == state { 1 } else { 0 };
+                out.sample_u64(&[("cluster", &cluster.name), ("state", candidate)], value);
+            }
+        }
+    }
+    out.family("remora_endpoints", Kind::Gauge, "Endpoints configured per cluster.");
+    for cluster in &clusters {
+        out.sample_u64(&[("cluster", &cluster.name)], cluster.endpoints.len() as u64);
+    }
+    out.family(
+        "remora_ejected_endpoints",
+        Kind::Gauge,
+        "Endpoints ejected by outlier detection per cluster.",
+    );
+    for cluster in &clusters {
+        let ejected = cluster.outlier.view(now).iter().filter(|health| health.ejected).count();
+        out.sample_u64(&[("cluster", &cluster.name)], ejected as u64);
+    }
+    out.family("remora_active_requests", Kind::Gauge, "Requests in flight per cluster.");
+    for cluster in &clusters {
+        out.sample_u64(&[("cluster", &cluster.name)], u64::from(cluster.limits.view().requests.0));
+    }
+    out.family("remora_active_connections", Kind::Gauge, "Open downstream connections per listener.");
+    for (listener, open) in stats.open_connections() {
+        out.sample_u64(&[("listener", &listener)], open);
+    }
+    out.family(
+        "remora_config_generation",
+        Kind::Gauge,
+        "The generation of the configuration serving (1 at start).",
+    );
+    out.sample_u64(&[], stats.generation.load(Ordering::Relaxed));
+    out.family("remora_config_reloads_total", Kind::Counter, "Configuration reloads by result.");
+    out.sample_u64(&[("result", "ok")], stats.reloads_ok.load(Ordering::Relaxed));
+    out.sample_u64(&[("result", "failed")], stats.reloads_failed.load(Ordering::Relaxed));
+    out.finish()
+}
+
+fn labels(series: &super::Series) -> [(&'static str, &str); 3] {
+    [("route", &*series.key.route), ("cluster", &*series.key.cluster), ("version", &*series.key.version)]
+}
+
+/// Cumulative counts at each bucket bound (ms in, seconds out). A value counts under a bound when its
+/// HDR bucket starts at or below it: exact to the histogram's 3 significant digits.
+fn fold(histogram: &Histogram<u64>, buckets_ms: &[f64]) -> Vec<(f64, u64)> {
+    let mut counts = vec![0u64; buckets_ms.len()];
+    for value in histogram.iter_recorded() {
+        let lowest_us = histogram.lowest_equivalent(value.value_iterated_to()) as f64;
+        if let Some(first) = buckets_ms.iter().position(|bound| lowest_us <= bound * 1000.0) {
+            counts[first] += value.count_at_value();
+        }
+    }
+    let mut cumulative = 0;
+    buckets_ms
+        .iter()
+        .zip(counts)
+        .map(|(bound, count)| {
+            cumulative += count;
+            (bound / 1000.0, cumulative)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folding_counts_each_value_under_its_first_bound() {
+        let mut histogram = super::super::histogram();
+        for value in [500, 1_000, 1_001, 4_000, 80_000, 20_000_000] {
+            histogram.record(value).unwrap();
+        }
+        let folded = fold(&histogram, &[1.0, 5.0, 100.0]);
+        assert_eq!(folded, vec![(0.001, 2), (0.005, 4), (0.1, 5)]);
+    }
+}
