@@ -180,6 +180,11 @@ pub fn metrics_text(shared: &Shared) -> String {
     for (listener, open) in stats.open_connections() {
         out.sample_u64(&[("listener", &listener)], open);
     }
+    out.family("process_start_time_seconds", Kind::Gauge, "Start time of the process since the Unix epoch.");
+    let (uptime, _) = stats.spans();
+    let started = std::time::SystemTime::now() - uptime;
+    let started = started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    out.sample(&[], started.as_secs_f64());
     out.family(
         "remora_config_generation",
         Kind::Gauge,
