@@ -6,7 +6,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, Method};
 use remora_config::{load_str, Source};
 use remora_proxy::internals::{
-    route_and_pick, snapshot, Balancer, Breaker, CallResult, Outcome, RequestKey, Snapshot,
+    route_and_pick, snapshot, Balancer, Breaker, CallResult, Outcome, RequestKey, RequestOutcome, Snapshot,
+    Stats,
 };
 use tokio::time::Instant;
 
@@ -94,5 +95,21 @@ fn p2c_pick(criterion: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_match, weighted_pick, breaker, p2c_pick);
+fn histogram_record(criterion: &mut Criterion) {
+    let stats = Stats::new(1);
+    let series = stats.series("api", "payments", "v1");
+    let mut latency = 700u64;
+    criterion.bench_function(
+        "stats record: one request into its series (2 HDR histograms + counts)",
+        |bench| {
+            bench.iter(|| {
+                // A spread of latencies, so the histograms' counts are not one hot cache line.
+                latency = (latency * 7 + 13) % 90_000 + 100;
+                series.record(RequestOutcome::Success, 200, latency / 2, black_box(latency));
+            })
+        },
+    );
+}
+
+criterion_group!(benches, route_match, weighted_pick, breaker, p2c_pick, histogram_record);
 criterion_main!(benches);

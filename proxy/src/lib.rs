@@ -48,6 +48,7 @@ pub mod internals {
     pub use crate::outcome::{CallResult, Outcome};
     pub use crate::route::RequestKey;
     pub use crate::snapshot::Snapshot;
+    pub use crate::stats::{RequestOutcome, Series, Stats};
 
     /// Routes a request and picks its backend, as the proxy does; returns the cluster's name.
     pub fn route_and_pick<'a>(
