@@ -29,6 +29,8 @@ impl EventKind {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
+    /// Increases by one per event raised in this process (1 for the first).
+    pub sequence: u64,
     pub at: SystemTime,
     pub cluster: String,
     pub kind: EventKind,
@@ -38,7 +40,13 @@ pub struct Event {
 /// request.
 #[derive(Debug, Default)]
 pub struct Events {
-    queue: Mutex<VecDeque<Event>>,
+    queue: Mutex<Queue>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    events: VecDeque<Event>,
+    raised: u64,
 }
 
 const CAPACITY: usize = 1024;
@@ -63,16 +71,29 @@ impl Events {
                 tracing::info!(event = kind.name(), cluster, endpoint = %endpoint, "endpoint restored")
             }
         }
-        let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if queue.len() == CAPACITY {
-            queue.pop_front();
+        let mut queue = self.lock();
+        if queue.events.len() == CAPACITY {
+            queue.events.pop_front();
         }
-        queue.push_back(Event { at: SystemTime::now(), cluster: cluster.to_owned(), kind });
+        queue.raised += 1;
+        let sequence = queue.raised;
+        queue.events.push_back(Event { sequence, at: SystemTime::now(), cluster: cluster.to_owned(), kind });
     }
 
     /// The queued events, oldest first, without removing them.
     pub fn recent(&self) -> Vec<Event> {
-        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect()
+        self.lock().events.iter().cloned().collect()
+    }
+
+    /// The queued events raised after `sequence`, oldest first (a report asks for those after the
+    /// last one it carried).
+    #[allow(dead_code)]
+    pub fn after(&self, sequence: u64) -> Vec<Event> {
+        self.lock().events.iter().filter(|event| event.sequence > sequence).cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -90,5 +111,8 @@ mod tests {
         assert_eq!(recent.len(), CAPACITY);
         assert_eq!(recent[0].cluster, "c5");
         assert_eq!(recent.last().unwrap().kind.name(), "breaker_closed");
+        assert_eq!(recent.last().unwrap().sequence, (CAPACITY + 5) as u64);
+        let after = events.after((CAPACITY + 3) as u64);
+        assert_eq!(after.iter().map(|event| event.cluster.as_str()).collect::<Vec<_>>(), ["c1027", "c1028"]);
     }
 }
