@@ -11,6 +11,7 @@ mod error;
 mod load;
 mod model;
 mod raw;
+pub mod report;
 mod validate;
 
 pub use duration::Duration;
