@@ -6,6 +6,7 @@
 //! reported as a [`ConfigError`] with the exact path of the offending key.
 #![forbid(unsafe_code)]
 
+mod diff;
 mod duration;
 mod error;
 mod load;
@@ -14,6 +15,7 @@ mod raw;
 pub mod report;
 mod validate;
 
+pub use diff::{diff, Change};
 pub use duration::Duration;
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use load::{load_file, load_str, Source};
