@@ -145,7 +145,8 @@ fn proxy(file: &Path) -> ExitCode {
     let summary = config.summary();
     let result = runtime.block_on(async {
         let shutdown = remora_proxy::shutdown_signal();
-        remora_proxy::run(config, shutdown, |bound| {
+        let options = remora_proxy::Options { config_path: Some(file.to_owned()) };
+        remora_proxy::run(config, options, shutdown, |bound| {
             let mut out = std::io::stdout().lock();
             for (name, addr) in &bound.listeners {
                 let _ = writeln!(out, "listener {name} on http://{addr}");

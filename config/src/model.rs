@@ -59,6 +59,13 @@ pub struct Runtime {
     pub workers: usize,
     /// How long in-flight requests get to finish on shutdown.
     pub grace_period: Duration,
+    /// On SIGTERM or `POST /drain`: how long listeners keep accepting after `/ready` turns 503, so
+    /// that load balancers (Kubernetes endpoints) stop sending first.
+    pub drain_delay: Duration,
+    /// Where a running proxy hands its listening sockets to a successor (`remora proxy --upgrade`).
+    pub handover_socket: Option<std::path::PathBuf>,
+    /// Reload when the configuration file changes (SIGHUP and `POST /reload` work either way).
+    pub watch_config: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -24,6 +24,9 @@ pub struct RawAdmin {
 pub struct RawRuntime {
     pub workers: Option<usize>,
     pub grace_period: Option<Duration>,
+    pub drain_delay: Option<Duration>,
+    pub handover_socket: Option<std::path::PathBuf>,
+    pub watch_config: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -114,7 +114,13 @@ impl Validator<'_> {
         if workers > 1024 {
             self.errors.push("runtime.workers", format!("{workers} worker threads is more than 1024"));
         }
-        Some(Runtime { workers, grace_period: raw.grace_period.unwrap_or(Duration::from_secs(30)) })
+        Some(Runtime {
+            workers,
+            grace_period: raw.grace_period.unwrap_or(Duration::from_secs(30)),
+            drain_delay: raw.drain_delay.unwrap_or(Duration::from_secs(0)),
+            handover_socket: raw.handover_socket,
+            watch_config: raw.watch_config.unwrap_or(true),
+        })
     }
 
     fn node(&mut self, value: &Value) -> Option<Node> {

@@ -1,5 +1,6 @@
 //! The admin server (default `127.0.0.1:9901`): `/ready`, `/live`, `/config`, `/clusters`, `/events`,
-//! `/stats` (JSON) and `/metrics` (Prometheus text). It keeps answering
+//! `/stats` (JSON) and `/metrics` (Prometheus text); `POST /reload` (200 with the changes, or 400 with
+//! every error while the running configuration keeps serving) and `POST /drain`. It keeps answering
 //! while the proxy drains, so that orchestrators see `/ready` turn 503.
 
 use std::convert::Infallible;
@@ -14,13 +15,19 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::body::ProxyBody;
 use crate::events::EventKind;
+use crate::reload::Reloader;
 use crate::snapshot::Shared;
 
-pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    socket: TcpListener,
+    reloader: Arc<Reloader>,
+    drain: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let (stream, _) = tokio::select! {
@@ -35,12 +42,12 @@ pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut stop: watch::Re
                 }
             },
         };
-        let shared = shared.clone();
+        let (reloader, drain) = (reloader.clone(), drain.clone());
         let builder = builder.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = handle(&shared, &request);
-                async move { Ok::<_, Infallible>(response) }
+                let (reloader, drain) = (reloader.clone(), drain.clone());
+                async move { Ok::<_, Infallible>(handle(&reloader, &drain, request).await) }
             });
             if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(%error, "admin connection ended with an error");
@@ -49,9 +56,28 @@ pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut stop: watch::Re
     }
 }
 
-fn handle(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(reloader: &Reloader, drain: &Notify, request: Request<Incoming>) -> Response<ProxyBody> {
+    let shared = &**reloader.shared();
+    if request.method() == Method::POST {
+        return match request.uri().path() {
+            "/reload" => match reloader.reload_file("POST /reload").await {
+                Ok(applied) => json(&serde_json::json!(applied)),
+                Err(error) => {
+                    let mut response = json(&serde_json::json!({ "errors": error.lines() }));
+                    *response.status_mut() = StatusCode::BAD_REQUEST;
+                    response
+                }
+            },
+            "/drain" => {
+                // Stored if the proxy is not waiting yet: a drain is never lost.
+                drain.notify_one();
+                text(StatusCode::ACCEPTED, "draining\n")
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found: POST /reload or /drain\n"),
+        };
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET, or POST for /reload and /drain\n");
     }
     match request.uri().path() {
         "/ready" => {
@@ -64,6 +90,12 @@ fn handle(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> {
         "/live" => text(StatusCode::OK, "live\n"),
         "/clusters" => json(&clusters(shared)),
         "/events" => json(&events(shared)),
+        "/listeners" => {
+            let addrs = reloader.addrs().await;
+            let addrs: serde_json::Map<String, serde_json::Value> =
+                addrs.into_iter().map(|(name, addr)| (name, serde_json::json!(addr.to_string()))).collect();
+            json(&serde_json::Value::Object(addrs))
+        }
         "/stats" => json(&crate::stats::view::stats_json(shared)),
         "/metrics" => {
             let mut response =

@@ -65,13 +65,30 @@ impl Drop for InFlight {
 
 impl Balancer {
     pub fn new(policy: config::Balance, endpoints: usize, now: Instant) -> Self {
+        Self::carrying(policy, endpoints, now, None, |_| None)
+    }
+
+    /// A balancer for a reloaded cluster: endpoint `i` keeps the load (in-flight count and latency
+    /// estimate) of the previous balancer's endpoint `previous_index(i)`, when there is one.
+    pub fn carrying(
+        policy: config::Balance,
+        endpoints: usize,
+        now: Instant,
+        previous: Option<&Balancer>,
+        previous_index: impl Fn(usize) -> Option<usize>,
+    ) -> Self {
+        let carried = |index: usize| {
+            let previous = previous?;
+            previous.loads.get(previous_index(index)?).cloned()
+        };
         Self {
             policy,
-            loads: (0..endpoints).map(|_| Arc::new(Load::default())).collect(),
+            loads: (0..endpoints).map(|index| carried(index).unwrap_or_default()).collect(),
             // Start each balancer at a different place so that many proxies do not all begin on the
             // first endpoint.
             next: AtomicUsize::new(fastrand::usize(..)),
-            base: now,
+            // Carried loads keep their time stamps, which count from the previous base.
+            base: previous.map_or(now, |previous| previous.base),
         }
     }
 

@@ -23,7 +23,7 @@ pub struct Cluster {
     pub endpoints: Box<[Endpoint]>,
     pub balancer: Balancer,
     pub outlier: Detector,
-    pub breaker: Option<Breaker>,
+    pub breaker: Option<Arc<Breaker>>,
     pub limits: Arc<Limits>,
     pub events: Arc<Events>,
 }
@@ -40,29 +40,74 @@ pub struct Endpoint {
 impl Cluster {
     /// `workers` sizes each endpoint's pool: one slot per worker thread.
     pub fn new(cluster: &config::Cluster, workers: usize, events: Arc<Events>) -> Self {
-        let limits = Arc::new(Limits::new(&cluster.limits));
+        Self::carrying(cluster, workers, events, None)
+    }
+
+    /// A cluster for a reloaded configuration that keeps what it can of `previous` (the running
+    /// cluster of the same name): the limits' counters (with the new maxima), each kept endpoint's
+    /// pool (when the connection settings are unchanged), load and outlier state, and the breaker
+    /// when its settings are unchanged (new thresholds start a new breaker, closed).
+    pub fn carrying(
+        cluster: &config::Cluster,
+        workers: usize,
+        events: Arc<Events>,
+        previous: Option<(&Cluster, &config::Cluster)>,
+    ) -> Self {
+        let limits = match previous {
+            Some((running, _)) => {
+                running.limits.update(&cluster.limits);
+                running.limits.clone()
+            }
+            None => Arc::new(Limits::new(&cluster.limits)),
+        };
+        let previous_endpoint = |address: &str| {
+            let (running, _) = previous?;
+            running.endpoints.iter().position(|endpoint| endpoint.address == address)
+        };
         let endpoints: Box<[Endpoint]> = cluster
             .endpoints
             .iter()
-            .filter_map(|address| {
+            .filter_map(|endpoint| {
                 // Validation guarantees host:port; an authority that still fails to parse is skipped
                 // rather than trusted.
-                let authority = address.to_string().parse::<Authority>().ok()?;
-                Some(Endpoint {
-                    address: address.to_string(),
-                    pool: Pool::new(cluster, address, workers, limits.clone()),
-                    authority,
-                })
+                let address = endpoint.to_string();
+                let authority = address.parse::<Authority>().ok()?;
+                let kept = previous.zip(previous_endpoint(&address)).and_then(|((running, _), index)| {
+                    let pool = &running.endpoints[index].pool;
+                    pool.settings_match(cluster).then(|| pool.clone())
+                });
+                let pool = kept.unwrap_or_else(|| Pool::new(cluster, endpoint, workers, limits.clone()));
+                Some(Endpoint { address, pool, authority })
             })
             .collect();
         let now = Instant::now();
+        let index_in_previous = |index: usize| previous_endpoint(&endpoints[index].address);
+        let running = previous.map(|(running, _)| running);
+        let breaker = match (cluster.breaker.as_ref(), previous) {
+            (Some(settings), Some((running, old))) if old.breaker.as_ref() == Some(settings) => {
+                running.breaker.clone()
+            }
+            (settings, _) => settings.map(|settings| Arc::new(Breaker::new(settings))),
+        };
         Self {
             name: cluster.name.as_str().into(),
             version: cluster.version.as_str().into(),
             protocol: cluster.protocol,
-            balancer: Balancer::new(cluster.balance, endpoints.len(), now),
-            outlier: Detector::new(cluster.outlier.as_ref(), endpoints.len(), now),
-            breaker: cluster.breaker.as_ref().map(Breaker::new),
+            balancer: Balancer::carrying(
+                cluster.balance,
+                endpoints.len(),
+                now,
+                running.map(|running| &running.balancer),
+                index_in_previous,
+            ),
+            outlier: Detector::carrying(
+                cluster.outlier.as_ref(),
+                endpoints.len(),
+                now,
+                running.map(|running| &running.outlier),
+                index_in_previous,
+            ),
+            breaker,
             limits,
             events,
             endpoints,

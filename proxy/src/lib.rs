@@ -21,6 +21,7 @@ mod listener;
 mod outcome;
 mod outlier;
 mod pool;
+mod reload;
 mod retry;
 mod route;
 mod server;
@@ -34,7 +35,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use remora_config::Config;
 use tokio::sync::watch;
 
@@ -74,71 +74,117 @@ pub struct Bound {
     pub admin: SocketAddr,
 }
 
-/// Runs the proxy until `shutdown` resolves, then drains: `/ready` turns 503, listeners stop
-/// accepting, in-flight requests get the configured grace period to finish.
+/// How the proxy was started, beside its configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The file the configuration came from: reloaded when it changes, on SIGHUP and on `POST
+    /// /reload`.
+    pub config_path: Option<std::path::PathBuf>,
+}
+
+/// Why the proxy stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM, SIGINT (the `shutdown` future) or `POST /drain`.
+    Drain,
+}
+
+/// Runs the proxy until `shutdown` resolves (or `POST /drain`), then drains: `/ready` turns 503,
+/// listeners keep accepting for `[runtime] drain_delay`, then stop; open connections are closed
+/// gracefully (HTTP/2 GOAWAY) and in-flight requests get the grace period to finish.
 ///
 /// `on_bound` is called once every socket is bound, before the first connection is accepted.
 pub async fn run(
     config: Config,
+    options: Options,
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), ServeError> {
-    let grace_period = config.runtime.grace_period.get();
-    let workers_configured = config.runtime.workers;
+    let workers = worker_threads(config.runtime.workers);
     let mut sockets = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
-        let socket = listener::bind(listener).await?;
-        let addr = listener::local_addr(&socket, listener.listen);
-        sockets.push((listener.clone(), socket, addr));
+        sockets.push((listener.clone(), listener::bind(listener).await?));
     }
     let admin_socket = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .map_err(|source| ServeError::Bind { what: "admin".to_owned(), addr: config.admin.listen, source })?;
-    let bound = Bound {
-        listeners: sockets.iter().map(|(listener, _, addr)| (listener.name.clone(), *addr)).collect(),
-        admin: listener::local_addr(&admin_socket, config.admin.listen),
-    };
+    let admin_addr = listener::local_addr(&admin_socket, config.admin.listen);
+    // Installed before `on_bound`: a SIGHUP right after start-up reloads rather than kills.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
 
-    let shared = Arc::new(snapshot::Shared::new(config, worker_threads(workers_configured)));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
-    let mut accept_loops = Vec::new();
-    for (listener, socket, addr) in sockets {
-        tracing::info!(listener = %listener.name, %addr, "listening");
-        let builder = listener::connection_builder(&listener);
-        accept_loops.push(tokio::spawn(listener::accept_loop(
-            socket,
-            listener.name.as_str().into(),
-            builder,
-            shared.clone(),
-            graceful.clone(),
-            stop_rx.clone(),
-        )));
+    let shared = Arc::new(snapshot::Shared::new(config, workers));
+    let mut set = listener::ListenerSet::default();
+    for (listener, socket) in sockets {
+        set.start(&listener, socket, &shared);
     }
+    let bound = Bound { listeners: set.addrs(), admin: admin_addr };
+    // `addrs` is by name; print in the file's order.
+    let order = shared
+        .snapshot
+        .load()
+        .config
+        .listeners
+        .iter()
+        .map(|listener| listener.name.clone())
+        .collect::<Vec<_>>();
+    let mut bound = bound;
+    bound.listeners.sort_by_key(|(name, _)| order.iter().position(|ordered| ordered == name));
+    let reloader = Arc::new(reload::Reloader::new(shared.clone(), workers, options.config_path.clone(), set));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let drain_requested = Arc::new(tokio::sync::Notify::new());
     let stats_interval = shared.snapshot.load().config.stats.interval.get();
     tokio::spawn(stats::ticker(shared.stats.clone(), stats_interval, stop_rx.clone()));
-    let admin = tokio::spawn(admin::serve(admin_socket, shared.clone(), stop_rx));
+    let admin =
+        tokio::spawn(admin::serve(admin_socket, reloader.clone(), drain_requested.clone(), stop_rx.clone()));
     tracing::info!(addr = %bound.admin, "admin listening");
+    match hangup {
+        Ok(hangup) => {
+            tokio::spawn(reload_on_hangup(hangup, reloader.clone(), stop_rx.clone()));
+        }
+        Err(error) => tracing::warn!(%error, "cannot watch SIGHUP: reload with POST /reload"),
+    }
     on_bound(&bound);
 
-    shutdown.await;
-    tracing::info!(grace_period = ?grace_period, "shutting down: draining in-flight requests");
-    shared.draining.store(true, Ordering::Relaxed);
-    let _ = stop_tx.send(true);
-    for accept_loop in accept_loops {
-        let _ = accept_loop.await;
-    }
-    // The accept loops are gone, and with them every other handle on `graceful`.
-    let drained = match Arc::try_unwrap(graceful) {
-        Ok(graceful) => tokio::time::timeout(grace_period, graceful.shutdown()).await,
-        Err(_) => Ok(()),
+    let stop = tokio::select! {
+        _ = shutdown => Stop::Drain,
+        _ = drain_requested.notified() => Stop::Drain,
     };
-    match drained {
-        Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!("grace period over: closing the connections still open"),
+    let runtime = shared.snapshot.load().config.runtime.clone();
+    shared.draining.store(true, Ordering::Relaxed);
+    tracing::info!(?stop, drain_delay = ?runtime.drain_delay.get(), "draining: /ready answers 503");
+    // Load balancers take a while to see `/ready` fail; until then new connections still come.
+    tokio::time::sleep(runtime.drain_delay.get()).await;
+    tracing::info!(grace_period = ?runtime.grace_period.get(), "stopped accepting: finishing in-flight requests");
+    let drained = reloader.shutdown(runtime.grace_period.get()).await;
+    if drained {
+        tracing::info!("all connections drained");
+    } else {
+        tracing::warn!("grace period over: closing the connections still open");
     }
+    let _ = stop_tx.send(true);
     let _ = admin.await;
     Ok(())
+}
+
+/// Reloads the configuration file on every SIGHUP until `stop` changes.
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    reloader: Arc<reload::Reloader>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            received = hangup.recv() => {
+                if received.is_none() {
+                    return;
+                }
+                // Errors are logged and counted by the reloader.
+                let _ = reloader.reload_file("SIGHUP").await;
+            }
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// The worker threads for `[runtime] workers`: 0 means one per core available to the process

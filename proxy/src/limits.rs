@@ -14,7 +14,11 @@ use remora_config as config;
 
 #[derive(Debug)]
 pub struct Limits {
-    settings: config::Limits,
+    /// The maxima, replaced in place by a reload (the counters carry on).
+    max_requests: AtomicU32,
+    max_pending: AtomicU32,
+    max_connections: AtomicU32,
+    max_retries: AtomicU32,
     requests: Arc<AtomicU32>,
     pending: Arc<AtomicU32>,
     connections: Arc<AtomicU32>,
@@ -54,7 +58,10 @@ pub struct LimitsView {
 impl Limits {
     pub fn new(settings: &config::Limits) -> Self {
         Self {
-            settings: settings.clone(),
+            max_requests: AtomicU32::new(settings.max_requests),
+            max_pending: AtomicU32::new(settings.max_pending_requests),
+            max_connections: AtomicU32::new(settings.max_connections),
+            max_retries: AtomicU32::new(settings.max_retries),
             requests: Arc::default(),
             pending: Arc::default(),
             connections: Arc::default(),
@@ -62,29 +69,38 @@ impl Limits {
         }
     }
 
+    /// New maxima from a reload; what is in use stays counted (a lower maximum refuses new requests
+    /// until enough in-flight ones end).
+    pub fn update(&self, settings: &config::Limits) {
+        self.max_requests.store(settings.max_requests, Ordering::Relaxed);
+        self.max_pending.store(settings.max_pending_requests, Ordering::Relaxed);
+        self.max_connections.store(settings.max_connections, Ordering::Relaxed);
+        self.max_retries.store(settings.max_retries, Ordering::Relaxed);
+    }
+
     pub fn request(&self) -> Result<Slot, Overflow> {
-        take(&self.requests, self.settings.max_requests).ok_or(Overflow::Requests)
+        take(&self.requests, self.max_requests.load(Ordering::Relaxed)).ok_or(Overflow::Requests)
     }
 
     pub fn pending(&self) -> Result<Slot, Overflow> {
-        take(&self.pending, self.settings.max_pending_requests).ok_or(Overflow::Pending)
+        take(&self.pending, self.max_pending.load(Ordering::Relaxed)).ok_or(Overflow::Pending)
     }
 
     pub fn connection(&self) -> Result<Slot, Overflow> {
-        take(&self.connections, self.settings.max_connections).ok_or(Overflow::Connections)
+        take(&self.connections, self.max_connections.load(Ordering::Relaxed)).ok_or(Overflow::Connections)
     }
 
     pub fn retry(&self) -> Result<Slot, Overflow> {
-        take(&self.retries, self.settings.max_retries).ok_or(Overflow::Retries)
+        take(&self.retries, self.max_retries.load(Ordering::Relaxed)).ok_or(Overflow::Retries)
     }
 
     pub fn view(&self) -> LimitsView {
         let load = |counter: &AtomicU32| counter.load(Ordering::Relaxed);
         LimitsView {
-            requests: (load(&self.requests), self.settings.max_requests),
-            pending: (load(&self.pending), self.settings.max_pending_requests),
-            connections: (load(&self.connections), self.settings.max_connections),
-            retries: (load(&self.retries), self.settings.max_retries),
+            requests: (load(&self.requests), load(&self.max_requests)),
+            pending: (load(&self.pending), load(&self.max_pending)),
+            connections: (load(&self.connections), load(&self.max_connections)),
+            retries: (load(&self.retries), load(&self.max_retries)),
         }
     }
 }

@@ -58,7 +58,7 @@ pub async fn accept_loop(
     shared: Arc<Shared>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> TcpListener {
     let builder = Arc::new(builder);
     let connections = shared.stats.connections(&name);
     loop {
@@ -91,6 +91,127 @@ pub async fn accept_loop(
         });
     }
     tracing::debug!(listener = %name, "stopped accepting");
+    socket
+}
+
+/// The listeners serving now, by name: each with its accept loop and the graceful-shutdown watcher of
+/// its connections. A reload starts, restarts and stops them one by one.
+#[derive(Default)]
+pub struct ListenerSet {
+    running: std::collections::BTreeMap<String, Running>,
+}
+
+struct Running {
+    config: config::Listener,
+    addr: SocketAddr,
+    /// A duplicate of the listening socket, to hand to a successor process.
+    fd: Option<std::os::fd::OwnedFd>,
+    stop: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<TcpListener>,
+    graceful: Arc<GracefulShutdown>,
+}
+
+impl ListenerSet {
+    /// Starts accepting on `socket` for `listener`.
+    pub fn start(&mut self, listener: &config::Listener, socket: TcpListener, shared: &Arc<Shared>) {
+        self.start_with(listener, socket, shared, Arc::new(GracefulShutdown::new()));
+    }
+
+    fn start_with(
+        &mut self,
+        listener: &config::Listener,
+        socket: TcpListener,
+        shared: &Arc<Shared>,
+        graceful: Arc<GracefulShutdown>,
+    ) {
+        use std::os::fd::AsFd;
+        let addr = local_addr(&socket, listener.listen);
+        let fd = socket.as_fd().try_clone_to_owned().ok();
+        let (stop, stop_rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(
+            socket,
+            listener.name.as_str().into(),
+            connection_builder(listener),
+            shared.clone(),
+            graceful.clone(),
+            stop_rx,
+        ));
+        tracing::info!(listener = %listener.name, %addr, "listening");
+        let running = Running { config: listener.clone(), addr, fd, stop, accept, graceful };
+        self.running.insert(listener.name.clone(), running);
+    }
+
+    /// The configuration a listener runs with, and its bound address.
+    pub fn get(&self, name: &str) -> Option<(&config::Listener, SocketAddr)> {
+        self.running.get(name).map(|running| (&running.config, running.addr))
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.running.keys().cloned().collect()
+    }
+
+    /// Bound addresses, by name.
+    pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.running.iter().map(|(name, running)| (name.clone(), running.addr)).collect()
+    }
+
+    /// The listening sockets, for a successor process (duplicates: this process keeps its own).
+    pub fn sockets(&self) -> Vec<(String, std::os::fd::OwnedFd)> {
+        self.running
+            .iter()
+            .filter_map(|(name, running)| Some((name.clone(), running.fd.as_ref()?.try_clone().ok()?)))
+            .collect()
+    }
+
+    /// Stops accepting on `name` and returns its socket; its open connections are drained in the
+    /// background (in-flight requests finish, idle keep-alive connections close, HTTP/2 gets GOAWAY)
+    /// for at most `grace_period`.
+    pub async fn stop(&mut self, name: &str, grace_period: Duration) -> Option<TcpListener> {
+        let running = self.running.remove(name)?;
+        let _ = running.stop.send(true);
+        let socket = running.accept.await.ok();
+        tokio::spawn(drain(running.graceful, grace_period));
+        socket
+    }
+
+    /// Stops accepting on a listener and starts again on the same socket with new settings (protocols,
+    /// limits); connections already open keep the settings they started with.
+    pub async fn restart(&mut self, listener: &config::Listener, shared: &Arc<Shared>) {
+        let Some(running) = self.running.remove(&listener.name) else { return };
+        let _ = running.stop.send(true);
+        match running.accept.await {
+            // The same watcher: the open connections are drained with the new ones at shutdown.
+            Ok(socket) => self.start_with(listener, socket, shared, running.graceful),
+            Err(error) => tracing::error!(listener = %listener.name, %error, "accept loop failed"),
+        }
+    }
+
+    /// Stops every listener and drains all their connections within `grace_period`; true when every
+    /// connection finished in time.
+    pub async fn shutdown(&mut self, grace_period: Duration) -> bool {
+        let mut draining = Vec::new();
+        for (_, running) in std::mem::take(&mut self.running) {
+            let _ = running.stop.send(true);
+            let _ = running.accept.await;
+            draining.push(running.graceful);
+        }
+        let all = futures_util::future::join_all(draining.into_iter().map(|graceful| async move {
+            match Arc::try_unwrap(graceful) {
+                Ok(graceful) => graceful.shutdown().await,
+                Err(_) => {}
+            }
+        }));
+        tokio::time::timeout(grace_period, all).await.is_ok()
+    }
+}
+
+/// Drains one stopped listener's connections, bounded by the grace period.
+async fn drain(graceful: Arc<GracefulShutdown>, grace_period: Duration) {
+    if let Ok(graceful) = Arc::try_unwrap(graceful) {
+        if tokio::time::timeout(grace_period, graceful.shutdown()).await.is_err() {
+            tracing::warn!("grace period over: closing a removed listener's connections still open");
+        }
+    }
 }
 
 /// The address a listener actually bound (port 0 becomes a real port).

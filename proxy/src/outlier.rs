@@ -103,11 +103,40 @@ pub struct Detector {
 
 impl Detector {
     pub fn new(settings: Option<&config::Outlier>, endpoints: usize, now: Instant) -> Self {
+        Self::carrying(settings, endpoints, now, None, |_| None)
+    }
+
+    /// A detector for a reloaded cluster: endpoint `i` starts from the counts and ejection of the
+    /// previous detector's endpoint `previous_index(i)`, when there is one (a copy: outcomes of calls
+    /// still in flight on the previous snapshot are not carried).
+    pub fn carrying(
+        settings: Option<&config::Outlier>,
+        endpoints: usize,
+        now: Instant,
+        previous: Option<&Detector>,
+        previous_index: impl Fn(usize) -> Option<usize>,
+    ) -> Self {
+        let copy = |index: usize| {
+            settings?;
+            let state = previous?.endpoints.get(previous_index(index)?)?;
+            let load = |counter: &AtomicU32| AtomicU32::new(counter.load(Ordering::Acquire));
+            Some(EndpointState {
+                consecutive_5xx: load(&state.consecutive_5xx),
+                consecutive_gateway_errors: load(&state.consecutive_gateway_errors),
+                ejections: load(&state.ejections),
+                ejection: AtomicU64::new(state.ejection.load(Ordering::Acquire)),
+            })
+        };
+        let endpoints: Box<[EndpointState]> =
+            (0..endpoints).map(|index| copy(index).unwrap_or_default()).collect();
+        let ejected =
+            endpoints.iter().filter(|state| matches!(state.ejection(), Ejection::Ejected { .. })).count();
         Self {
             settings: settings.map(Settings::from_config),
-            base: now,
-            endpoints: (0..endpoints).map(|_| EndpointState::default()).collect(),
-            ejected: AtomicUsize::new(0),
+            // Carried ejection times count from the previous base.
+            base: previous.map_or(now, |previous| previous.base),
+            endpoints,
+            ejected: AtomicUsize::new(ejected),
         }
     }
 

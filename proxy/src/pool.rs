@@ -56,8 +56,9 @@ impl UpstreamError {
     }
 }
 
-/// The connections to one endpoint.
-#[derive(Debug)]
+/// The connections to one endpoint. A clone shares the connections (a reload keeps an endpoint's
+/// pool when its address and connection settings are unchanged).
+#[derive(Clone, Debug)]
 pub struct Pool {
     endpoint: config::Endpoint,
     protocol: config::UpstreamProtocol,
@@ -105,6 +106,13 @@ impl Pool {
             slots,
             limits,
         }
+    }
+
+    /// Whether this pool connects as a pool built from `cluster` would.
+    pub fn settings_match(&self, cluster: &config::Cluster) -> bool {
+        self.protocol == cluster.protocol
+            && self.connect_timeout == cluster.connect_timeout.get()
+            && self.idle_timeout == cluster.idle_timeout.get()
     }
 
     /// Everything a request needs to be sent from the current worker: owned, so the send can happen

@@ -26,10 +26,39 @@ impl Snapshot {
     /// Compiles a validated configuration for a proxy with `workers` worker threads.
     /// Each route's backends get their stats series from `stats` (kept across snapshots by key).
     pub fn build(config: Arc<Config>, workers: usize, events: &Arc<Events>, stats: &Stats) -> Self {
+        Self::rebuild(config, workers, events, stats, None)
+    }
+
+    /// Compiles a reloaded configuration, keeping the state of `previous` (the running snapshot): a
+    /// cluster whose settings are unchanged is the same cluster (pools, breaker, ejections, loads);
+    /// a changed one carries what its new settings allow (see [`Cluster::carrying`]). Stats series
+    /// are found again by route, cluster and version.
+    pub fn rebuild(
+        config: Arc<Config>,
+        workers: usize,
+        events: &Arc<Events>,
+        stats: &Stats,
+        previous: Option<&Snapshot>,
+    ) -> Self {
         let clusters: BTreeMap<String, Arc<Cluster>> = config
             .clusters
             .iter()
-            .map(|(name, cluster)| (name.clone(), Arc::new(Cluster::new(cluster, workers, events.clone()))))
+            .map(|(name, cluster)| {
+                let running = previous.and_then(|previous| {
+                    Some((previous.clusters.get(name)?, previous.config.clusters.get(name)?))
+                });
+                let cluster = match running {
+                    Some((running, settings)) if settings == cluster => running.clone(),
+                    Some((running, settings)) => Arc::new(Cluster::carrying(
+                        cluster,
+                        workers,
+                        events.clone(),
+                        Some((running, settings)),
+                    )),
+                    None => Arc::new(Cluster::new(cluster, workers, events.clone())),
+                };
+                (name.clone(), cluster)
+            })
             .collect();
         let tables = config
             .listeners

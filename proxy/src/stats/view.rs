@@ -29,6 +29,7 @@ pub fn stats_json(shared: &Shared) -> Value {
         })
         .collect();
     json!({
+        "generation": stats.generation.load(Ordering::Relaxed),
         "uptime_seconds": uptime.as_secs_f64(),
         "interval_seconds": interval.as_secs_f64(),
         "unrouted": {
