@@ -36,7 +36,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use remora_config::Config;
-use tokio::sync::watch;
 
 pub use error::{ErrorKind, ServeError, Side};
 
@@ -131,7 +130,7 @@ pub async fn run(
     bound.listeners.sort_by_key(|(name, _)| order.iter().position(|ordered| ordered == name));
     let reloader = Arc::new(reload::Reloader::new(shared.clone(), workers, options.config_path.clone(), set));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let drain_requested = Arc::new(tokio::sync::Notify::new());
     let stats_interval = shared.snapshot.load().config.stats.interval.get();
     tokio::spawn(stats::ticker(shared.stats.clone(), stats_interval, stop_rx.clone()));
@@ -171,7 +170,7 @@ pub async fn run(
 async fn reload_on_hangup(
     mut hangup: tokio::signal::unix::Signal,
     reloader: Arc<reload::Reloader>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
