@@ -29,6 +29,7 @@ mod snapshot;
 mod split;
 mod stats;
 mod trace;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -143,6 +144,20 @@ pub async fn run(
         }
         Err(error) => tracing::warn!(%error, "cannot watch SIGHUP: reload with POST /reload"),
     }
+    let watch_config = shared.snapshot.load().config.runtime.watch_config;
+    let _watcher = match (&options.config_path, watch_config) {
+        (Some(path), true) => match watch::ConfigWatcher::start(path.clone(), WATCH_DEBOUNCE) {
+            Ok((watcher, changes)) => {
+                tokio::spawn(reload_on_change(changes, reloader.clone()));
+                Some(watcher)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch the config file: reload with SIGHUP or POST /reload");
+                None
+            }
+        },
+        _ => None,
+    };
     on_bound(&bound);
 
     let stop = tokio::select! {
@@ -164,6 +179,23 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = admin.await;
     Ok(())
+}
+
+/// How long the config file must stay quiet before it is read: an editor's save is several events.
+const WATCH_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Applies each new content of the config file; ends when the watcher is dropped.
+async fn reload_on_change(
+    mut changes: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    reloader: Arc<reload::Reloader>,
+) {
+    while let Some(bytes) = changes.recv().await {
+        match String::from_utf8(bytes) {
+            // Errors are logged and counted by the reloader.
+            Ok(text) => drop(reloader.reload_text(&text, "file changed").await),
+            Err(_) => tracing::error!("reload refused: the config file is not UTF-8"),
+        }
+    }
 }
 
 /// Reloads the configuration file on every SIGHUP until `stop` changes.
