@@ -11,9 +11,6 @@
 //! is quiet the file is read through its path and its bytes hashed, and only a new hash is sent on.
 //! That covers no-op writes (`touch`, rewriting the same text) and changes to other files nearby.
 
-// Remove once `reload` starts the watcher.
-#![allow(dead_code, reason = "the reload path is being wired to the watcher in a parallel change")]
-
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
