@@ -196,9 +196,8 @@ impl ListenerSet {
             draining.push(running.graceful);
         }
         let all = futures_util::future::join_all(draining.into_iter().map(|graceful| async move {
-            match Arc::try_unwrap(graceful) {
-                Ok(graceful) => graceful.shutdown().await,
-                Err(_) => {}
+            if let Ok(graceful) = Arc::try_unwrap(graceful) {
+                graceful.shutdown().await;
             }
         }));
         tokio::time::timeout(grace_period, all).await.is_ok()
