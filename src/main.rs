@@ -25,6 +25,10 @@ enum Command {
         /// The proxy configuration (TOML); `REMORA_<SECTION>__<KEY>` variables override it.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Take the listening sockets over from the proxy running with the same
+        /// `[runtime] handover_socket`; it then drains and exits (zero-downtime restart).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration: print every error with its path and exit 2, or a summary and exit 0.
     Check {
@@ -52,7 +56,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Proxy { config } => proxy(&config),
+        Command::Proxy { config, upgrade } => proxy(&config, upgrade),
         Command::Check { file } => check(&file),
         Command::Demo { requests } => demo::run(requests),
         Command::DemoService { listen, label } => demo::service(listen, label),
@@ -117,7 +121,7 @@ fn report_load_error(file: &Path, error: &LoadError) {
     }
 }
 
-fn proxy(file: &Path) -> ExitCode {
+fn proxy(file: &Path, upgrade: bool) -> ExitCode {
     let config = match remora_config::load_file(file, Source::WithEnv) {
         Ok(config) => config,
         Err(error) => {
@@ -145,7 +149,7 @@ fn proxy(file: &Path) -> ExitCode {
     let summary = config.summary();
     let result = runtime.block_on(async {
         let shutdown = remora_proxy::shutdown_signal();
-        let options = remora_proxy::Options { config_path: Some(file.to_owned()) };
+        let options = remora_proxy::Options { config_path: Some(file.to_owned()), upgrade };
         remora_proxy::run(config, options, shutdown, |bound| {
             let mut out = std::io::stdout().lock();
             for (name, addr) in &bound.listeners {

@@ -128,6 +128,8 @@ pub const X_REMORA_BREAKER: http::HeaderName = http::HeaderName::from_static("x-
 pub enum ServeError {
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: String, addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot take over from the running proxy: {0}")]
+    Handover(String),
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@
 //! sockets, which loses nothing either. The acknowledgement in step 4 lets the successor know for sure
 //! that the old process drains (without it, a `ready` racing the old side's timeout would leave two
 //! processes each believing the other has gone).
-#![cfg_attr(not(test), expect(dead_code, reason = "run() and the CLI use it once integrated; remove then"))]
 
 use std::future::Future;
 use std::io::{self, IoSlice, IoSliceMut};

@@ -15,6 +15,7 @@ mod error;
 mod events;
 mod exposition;
 mod forward;
+mod handover;
 mod headers;
 mod limits;
 mod listener;
@@ -80,6 +81,9 @@ pub struct Options {
     /// The file the configuration came from: reloaded when it changes, on SIGHUP and on `POST
     /// /reload`.
     pub config_path: Option<std::path::PathBuf>,
+    /// Take the listening sockets over from the proxy serving `[runtime] handover_socket`, which then
+    /// drains and exits (a zero-downtime binary restart).
+    pub upgrade: bool,
 }
 
 /// Why the proxy stops.
@@ -87,6 +91,8 @@ pub struct Options {
 enum Stop {
     /// SIGTERM, SIGINT (the `shutdown` future) or `POST /drain`.
     Drain,
+    /// A successor took the listening sockets over and accepts on them.
+    HandedOver,
 }
 
 /// Runs the proxy until `shutdown` resolves (or `POST /drain`), then drains: `/ready` turns 503,
@@ -101,14 +107,40 @@ pub async fn run(
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), ServeError> {
     let workers = worker_threads(config.runtime.workers);
+    let (mut inherited, confirm) = if options.upgrade {
+        let Some(path) = &config.runtime.handover_socket else {
+            return Err(ServeError::Handover("--upgrade needs [runtime] handover_socket".to_owned()));
+        };
+        let (inherited, confirm) =
+            handover::take_over(path).await.map_err(|error| ServeError::Handover(error.to_string()))?;
+        tracing::info!(path = %path.display(), listeners = inherited.listeners.len(), "took the listening sockets over");
+        (inherited, Some(confirm))
+    } else {
+        (handover::Inherited::default(), None)
+    };
     let mut sockets = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
-        sockets.push((listener.clone(), listener::bind(listener).await?));
+        let socket = match take_inherited(&mut inherited.listeners, &listener.name, listener.listen) {
+            Some(socket) => socket,
+            None => listener::bind(listener).await?,
+        };
+        sockets.push((listener.clone(), socket));
     }
-    let admin_socket = tokio::net::TcpListener::bind(config.admin.listen)
-        .await
-        .map_err(|source| ServeError::Bind { what: "admin".to_owned(), addr: config.admin.listen, source })?;
+    for (name, _) in &inherited.listeners {
+        tracing::info!(listener = %name, "an inherited listener the configuration no longer has is closed");
+    }
+    let admin_inherited = inherited.admin.take().and_then(|admin| {
+        let fits = admin.local_addr().is_ok_and(|addr| fits(addr, config.admin.listen));
+        fits.then(|| tokio::net::TcpListener::from_std(admin).ok()).flatten()
+    });
+    let admin_socket = match admin_inherited {
+        Some(socket) => socket,
+        None => tokio::net::TcpListener::bind(config.admin.listen).await.map_err(|source| {
+            ServeError::Bind { what: "admin".to_owned(), addr: config.admin.listen, source }
+        })?,
+    };
     let admin_addr = listener::local_addr(&admin_socket, config.admin.listen);
+    let admin_fd = std::os::fd::AsFd::as_fd(&admin_socket).try_clone_to_owned().ok();
     // Installed before `on_bound`: a SIGHUP right after start-up reloads rather than kills.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
 
@@ -158,17 +190,47 @@ pub async fn run(
         },
         _ => None,
     };
+    let handed_over = Arc::new(tokio::sync::Notify::new());
+    if let Some(path) = shared.snapshot.load().config.runtime.handover_socket.clone() {
+        match handover::Server::bind(path.clone()) {
+            Ok(server) => {
+                let (reloader, handed_over) = (reloader.clone(), handed_over.clone());
+                let admin_fd = Arc::new(admin_fd);
+                let offer = move || {
+                    let (reloader, admin_fd) = (reloader.clone(), admin_fd.clone());
+                    async move {
+                        let admin = admin_fd.as_ref().as_ref().and_then(|fd| fd.try_clone().ok());
+                        handover::Offer { listeners: reloader.sockets().await, admin }
+                    }
+                };
+                tokio::spawn(server.serve(offer, move || handed_over.notify_one(), stop_rx.clone()));
+            }
+            Err(error) => tracing::warn!(path = %path.display(), %error, "cannot serve socket handover"),
+        }
+    }
     on_bound(&bound);
+    if let Some(confirm) = confirm {
+        // The predecessor drains once it hears we accept; if it cannot hear it, both serve and the
+        // operator sees the error.
+        if let Err(error) = confirm.ready().await {
+            tracing::error!(%error, "could not tell the previous proxy to drain");
+        }
+    }
 
     let stop = tokio::select! {
         _ = shutdown => Stop::Drain,
         _ = drain_requested.notified() => Stop::Drain,
+        _ = handed_over.notified() => Stop::HandedOver,
     };
     let runtime = shared.snapshot.load().config.runtime.clone();
     shared.draining.store(true, Ordering::Relaxed);
-    tracing::info!(?stop, drain_delay = ?runtime.drain_delay.get(), "draining: /ready answers 503");
-    // Load balancers take a while to see `/ready` fail; until then new connections still come.
-    tokio::time::sleep(runtime.drain_delay.get()).await;
+    if stop == Stop::HandedOver {
+        tracing::info!("handed the listening sockets over: draining");
+    } else {
+        tracing::info!(?stop, drain_delay = ?runtime.drain_delay.get(), "draining: /ready answers 503");
+        // Load balancers take a while to see `/ready` fail; until then new connections still come.
+        tokio::time::sleep(runtime.drain_delay.get()).await;
+    }
     tracing::info!(grace_period = ?runtime.grace_period.get(), "stopped accepting: finishing in-flight requests");
     let drained = reloader.shutdown(runtime.grace_period.get()).await;
     if drained {
@@ -179,6 +241,24 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = admin.await;
     Ok(())
+}
+
+/// The inherited socket of listener `name`, when its address fits the configured one (same address,
+/// or the configuration asks for any port).
+fn take_inherited(
+    inherited: &mut Vec<(String, std::net::TcpListener)>,
+    name: &str,
+    configured: SocketAddr,
+) -> Option<tokio::net::TcpListener> {
+    let index = inherited.iter().position(|(inherited, socket)| {
+        inherited == name && socket.local_addr().is_ok_and(|addr| fits(addr, configured))
+    })?;
+    let (_, socket) = inherited.swap_remove(index);
+    tokio::net::TcpListener::from_std(socket).ok()
+}
+
+fn fits(bound: SocketAddr, configured: SocketAddr) -> bool {
+    bound == configured || (configured.port() == 0 && bound.ip() == configured.ip())
 }
 
 /// How long the config file must stay quiet before it is read: an editor's save is several events.

@@ -188,13 +188,27 @@ impl ListenerSet {
 
     /// Stops every listener and drains all their connections within `grace_period`; true when every
     /// connection finished in time.
-    pub async fn shutdown(&mut self, grace_period: Duration) -> bool {
+    ///
+    /// First, for up to [`LEAVE_WINDOW`], HTTP/1 responses carry `connection: close` and clients leave
+    /// between two requests of their own accord; closing an idle keep-alive connection at once would
+    /// race a request the client may be sending on it. Then the connections still open are shut down
+    /// gracefully (idle ones closed, HTTP/2 GOAWAY, in-flight requests finish).
+    pub async fn shutdown(&mut self, shared: &Shared, grace_period: Duration) -> bool {
+        let started = tokio::time::Instant::now();
         let mut draining = Vec::new();
         for (_, running) in std::mem::take(&mut self.running) {
             let _ = running.stop.send(true);
             let _ = running.accept.await;
             draining.push(running.graceful);
         }
+        shared.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+        let leave = started + LEAVE_WINDOW.min(grace_period);
+        while tokio::time::Instant::now() < leave
+            && shared.stats.open_connections().iter().any(|(_, open)| *open > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let grace_period = grace_period.saturating_sub(started.elapsed());
         let all = futures_util::future::join_all(draining.into_iter().map(|graceful| async move {
             if let Ok(graceful) = Arc::try_unwrap(graceful) {
                 graceful.shutdown().await;
@@ -203,6 +217,9 @@ impl ListenerSet {
         tokio::time::timeout(grace_period, all).await.is_ok()
     }
 }
+
+/// How long clients get to leave by themselves on shutdown before their idle connections are closed.
+pub const LEAVE_WINDOW: Duration = Duration::from_secs(2);
 
 /// Drains one stopped listener's connections, bounded by the grace period.
 async fn drain(graceful: Arc<GracefulShutdown>, grace_period: Duration) {

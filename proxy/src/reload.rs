@@ -188,6 +188,6 @@ impl Reloader {
     /// Stops every listener and drains their connections within `grace_period`; true when all
     /// finished in time.
     pub async fn shutdown(&self, grace_period: std::time::Duration) -> bool {
-        self.listeners.lock().await.shutdown(grace_period).await
+        self.listeners.lock().await.shutdown(&self.shared, grace_period).await
     }
 }

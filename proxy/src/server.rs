@@ -100,6 +100,7 @@ impl ProxyService {
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         Ok(Exchange {
             request,
+            close: false,
             started,
             series,
             access,
@@ -119,11 +120,22 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let started = Instant::now();
+        let close = request.version() <= Version::HTTP_11
+            && self.shared.closing.load(std::sync::atomic::Ordering::Relaxed);
         match self.prepare(request, started) {
-            Ok(exchange) => Box::pin(exchange.finish()),
+            Ok(mut exchange) => {
+                exchange.close = close;
+                Box::pin(exchange.finish())
+            }
             Err(kind) => {
                 self.shared.stats.unrouted(kind);
-                Box::pin(std::future::ready(Ok(kind.response())))
+                let mut response = kind.response();
+                if close {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Box::pin(std::future::ready(Ok(response)))
             }
         }
     }
@@ -132,6 +144,8 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 /// A routed request on its way to the cluster.
 struct Exchange {
     request: Request<Incoming>,
+    /// Answer with `connection: close` (the proxy is shutting down).
+    close: bool,
     started: Instant,
     series: Arc<Series>,
     access: Option<Box<AccessEntry>>,
@@ -158,15 +172,19 @@ enum Tried {
 impl Exchange {
     /// Forwards the request and attaches its stats record to the response.
     async fn finish(self) -> Result<Response<ProxyBody>, Infallible> {
-        let Exchange { request, started, series, access, cluster, timeout, retry, downstream_upgrade } = self;
+        let Exchange { request, close, started, series, access, cluster, timeout, retry, downstream_upgrade } =
+            self;
         let reply = forward(request, started, &cluster, timeout, retry, downstream_upgrade).await;
-        let (response, outcome) = match reply {
+        let (mut response, outcome) = match reply {
             Reply::Upstream(response) => {
                 let outcome = RequestOutcome::of_status(response.status().as_u16());
                 (response, outcome)
             }
             Reply::Local(kind) => (kind.response(), kind.outcome()),
         };
+        if close && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let record = Record {
             series,
             started,

@@ -103,6 +103,9 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// Set when shutdown begins: `/ready` answers 503 from then on.
     pub draining: AtomicBool,
+    /// Set once the listeners stopped accepting: HTTP/1 responses carry `connection: close`, so that
+    /// clients leave between requests instead of racing a close of their idle connection.
+    pub closing: AtomicBool,
     /// Breaker and ejection events, for the logs and the control report.
     pub events: Arc<Events>,
     /// Every route × cluster × version's figures, and the process' counters.
@@ -116,6 +119,7 @@ impl Shared {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::build(Arc::new(config), workers, &events, &stats)),
             draining: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             events,
             stats,
         }

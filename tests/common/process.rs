@@ -70,6 +70,22 @@ impl Proxy {
     }
 
     pub async fn try_start(config: &str, env: &[(&str, &str)]) -> Result<Proxy, StartFailure> {
+        Self::try_start_with(config, env, &[]).await
+    }
+
+    /// `remora proxy --config FILE ARGS…`, e.g. `--upgrade`.
+    pub async fn start_with_args(config: &str, args: &[&str]) -> Proxy {
+        match Self::try_start_with(config, &[], args).await {
+            Ok(proxy) => proxy,
+            Err(failure) => panic!("{failure}\n--- config ---\n{config}"),
+        }
+    }
+
+    pub async fn try_start_with(
+        config: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<Proxy, StartFailure> {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("remora.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -80,6 +96,7 @@ impl Proxy {
             .arg("proxy")
             .arg("--config")
             .arg(&config_path)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr_file))
