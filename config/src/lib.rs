@@ -6,6 +6,8 @@
 //! reported as a [`ConfigError`] with the exact path of the offending key.
 #![forbid(unsafe_code)]
 
+pub mod control;
+pub mod control_config;
 mod diff;
 mod duration;
 mod error;
@@ -15,6 +17,7 @@ mod raw;
 pub mod report;
 mod validate;
 
+pub use control_config::{load_control_file, load_control_str, ControlConfig};
 pub use diff::{diff, Change};
 pub use duration::Duration;
 pub use error::{ConfigError, ConfigErrors, LoadError};
