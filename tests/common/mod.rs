@@ -12,6 +12,7 @@
 
 pub mod chaos;
 pub mod client;
+pub mod control;
 pub mod process;
 pub mod upstream;
 

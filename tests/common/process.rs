@@ -280,6 +280,10 @@ fn parse_url(url: &str, line: &str) -> SocketAddr {
 pub async fn remora_check(path: &Path, env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(BINARY);
     command.arg("check").arg(path).stdin(Stdio::null()).kill_on_drop(true);
+    // Control process configurations are named control*.toml.
+    if path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("control")) {
+        command.arg("--control");
+    }
     for (key, value) in env {
         command.env(key, value);
     }

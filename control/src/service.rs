@@ -1,0 +1,460 @@
+//! The control process' logic behind its API: registrations checked against the event/node map,
+//! reports merged into per-node windows, desired state with revisions, node status, and the journal.
+//! Everything that must survive a restart goes through the [`Store`] (one transaction per change,
+//! journal entry included); the map and the windows are rebuilt from it or from fresh reports.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use remora_config::control::{
+    Conflict, ConflictKind, Conflicts, DesiredBackend, DesiredState, DesiredUpdate, JournalEntry, NodeStats,
+    NodeStatus, NodeView, ProxyView, Registered, Registration,
+};
+use remora_config::report::Report;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, watch};
+
+use crate::ingest::Windows;
+use crate::map::{self, Map, NodeSpec};
+use crate::store::{JournalRecord, NewJournal, NodeRecord, Store, StoreError};
+
+/// Why a request changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("conflicts")]
+    Conflicts(Conflicts),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+pub struct Service {
+    store: Arc<dyn Store>,
+    map: Mutex<Map>,
+    windows: Mutex<Windows>,
+    /// Node statuses as last journaled.
+    statuses: Mutex<BTreeMap<String, NodeStatus>>,
+    /// Bumped on every desired-state change: long-polls wake and look.
+    desired_changed: watch::Sender<u64>,
+    journal: broadcast::Sender<JournalEntry>,
+    /// A node is unreachable when none of its proxies reported for this long.
+    unreachable_after: Duration,
+    /// The last journal sequence sent to the streams.
+    last_seq: AtomicU64,
+}
+
+impl Service {
+    pub fn new(
+        store: Arc<dyn Store>,
+        window: Duration,
+        unreachable_after: Duration,
+    ) -> Result<Self, StoreError> {
+        let nodes = store.nodes()?;
+        let specs = nodes.iter().filter_map(|node| spec_of(node).ok());
+        let statuses = nodes.iter().map(|node| (node.name.clone(), status_of(&node.status))).collect();
+        let (journal, _) = broadcast::channel(1024);
+        Ok(Self {
+            map: Mutex::new(Map::from_specs(specs)),
+            windows: Mutex::new(Windows::new(window)),
+            statuses: Mutex::new(statuses),
+            desired_changed: watch::channel(0).0,
+            journal,
+            unreachable_after,
+            last_seq: AtomicU64::new(store.journal_after(0, usize::MAX)?.last().map_or(0, |entry| entry.seq)),
+            store,
+        })
+    }
+
+    /// Appends to the journal and tells the SSE streams.
+    pub fn record(
+        &self,
+        kind: &str,
+        node: Option<&str>,
+        trace_id: &str,
+        detail: Value,
+    ) -> Result<u64, StoreError> {
+        let entry = NewJournal {
+            unix_ms: now_ms(),
+            trace_id: trace_id.to_owned(),
+            kind: kind.to_owned(),
+            node: node.map(str::to_owned),
+            detail,
+        };
+        let seq = self.store.append(&entry)?;
+        self.announce(seq, entry);
+        Ok(seq)
+    }
+
+    fn announce(&self, seq: u64, entry: NewJournal) {
+        self.last_seq.fetch_max(seq, Ordering::Relaxed);
+        let _ = self.journal.send(JournalEntry {
+            seq,
+            unix_ms: entry.unix_ms,
+            trace_id: entry.trace_id,
+            kind: entry.kind,
+            node: entry.node,
+            detail: entry.detail,
+        });
+    }
+
+    /// A proxy registering its node: checked against the map, refused with the conflicts (409) unless
+    /// forced, otherwise stored with its journal entry in one transaction.
+    pub fn register(
+        &self,
+        registration: Registration,
+        force: bool,
+        trace_id: &str,
+    ) -> Result<Registered, Refusal> {
+        if registration.node.is_empty() || registration.version.is_empty() {
+            return Err(Refusal::BadRequest("a registration needs a node name and a version".into()));
+        }
+        let spec = NodeSpec {
+            name: registration.node.clone(),
+            version: registration.version.clone(),
+            publishes: registration.publishes.clone(),
+            consumes: registration.consumes.clone(),
+            endpoints: registration.endpoints.clone(),
+        };
+        let mut map = lock(&self.map);
+        let verdict = map.check(&spec);
+        let conflicts: Vec<Conflict> = verdict.conflicts.iter().map(wire_conflict).collect();
+        if !conflicts.is_empty() && !force {
+            drop(map);
+            let detail = json!({ "proxy": registration.proxy, "conflicts": conflicts, "forced": false });
+            self.record("registration_refused", Some(&registration.node), trace_id, detail)?;
+            return Err(Refusal::Conflicts(Conflicts {
+                error: "conflicts".into(),
+                conflicts,
+                warnings: verdict.warnings.clone(),
+            }));
+        }
+        let now = now_ms();
+        let existing = self.store.node(&registration.node)?;
+        let record = NodeRecord {
+            name: registration.node.clone(),
+            version: registration.version.clone(),
+            spec: serde_json::to_value(&registration).unwrap_or(Value::Null),
+            status: existing.as_ref().map_or_else(|| "registered".to_owned(), |node| node.status.clone()),
+            registered_unix_ms: existing.as_ref().map_or(now, |node| node.registered_unix_ms),
+            updated_unix_ms: now,
+        };
+        let kind = if verdict.unchanged { "reregistered" } else { "registered" };
+        let detail = json!({
+            "proxy": registration.proxy,
+            "version": registration.version,
+            "warnings": verdict.warnings,
+            "forced_over": conflicts,
+        });
+        let journal = NewJournal {
+            unix_ms: now,
+            trace_id: trace_id.to_owned(),
+            kind: kind.to_owned(),
+            node: Some(registration.node.clone()),
+            detail: detail.clone(),
+        };
+        let seq = self.store.register(&record, &journal)?;
+        map.apply(spec);
+        drop(map);
+        self.announce(seq, journal);
+        lock(&self.statuses).entry(registration.node.clone()).or_insert(NodeStatus::Registered);
+        let desired_revision = self.store.desired(&registration.node)?.map_or(0, |desired| desired.revision);
+        Ok(Registered { node: registration.node, warnings: verdict.warnings, desired_revision })
+    }
+
+    /// A report: its node must be registered.
+    pub fn report(&self, report: Report, trace_id: &str) -> Result<(), Refusal> {
+        if self.store.node(&report.node)?.is_none() {
+            return Err(Refusal::BadRequest(format!(
+                "unknown node {:?}: register it first (POST /v1/nodes)",
+                report.node
+            )));
+        }
+        let now = now_ms();
+        lock(&self.windows)
+            .ingest(&report, now)
+            .map_err(|refused| Refusal::BadRequest(refused.to_string()))?;
+        if let Some(revision) = report.desired_revision {
+            self.store.set_applied(&report.node, &report.proxy, revision, now)?;
+        }
+        for event in &report.events {
+            let detail = json!({ "proxy": report.proxy, "cluster": event.cluster, "event": event.kind, "detail": event.detail });
+            self.record("proxy_event", Some(&report.node), trace_id, detail)?;
+        }
+        self.set_status(&report.node, NodeStatus::Healthy, "reports arrive", trace_id)?;
+        Ok(())
+    }
+
+    /// Marks nodes whose proxies stopped reporting as unreachable (journaled once per change).
+    pub fn check_reachability(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let nodes: Vec<String> = lock(&self.statuses).keys().cloned().collect();
+        for node in nodes {
+            let last = lock(&self.windows).last_report(&node);
+            let silent = match last {
+                Some(last) => now.saturating_sub(last) > self.unreachable_after.as_millis() as u64,
+                None => false,
+            };
+            if silent {
+                let reason = format!("no report for more than {} ms", self.unreachable_after.as_millis());
+                self.set_status(&node, NodeStatus::Unreachable, &reason, &new_trace_id())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_status(
+        &self,
+        node: &str,
+        status: NodeStatus,
+        reason: &str,
+        trace_id: &str,
+    ) -> Result<(), StoreError> {
+        let previous = lock(&self.statuses).insert(node.to_owned(), status);
+        if previous != Some(status) {
+            let name = status_name(status);
+            self.store.set_status(node, name, now_ms())?;
+            let detail = json!({ "from": previous.map(status_name), "to": name, "reason": reason });
+            self.record("status_changed", Some(node), trace_id, detail)?;
+        }
+        Ok(())
+    }
+
+    pub fn put_desired(
+        &self,
+        node: &str,
+        update: DesiredUpdate,
+        trace_id: &str,
+    ) -> Result<DesiredState, Refusal> {
+        if self.store.node(node)?.is_none() {
+            return Err(Refusal::NotFound(format!("unknown node {node:?}")));
+        }
+        for (route, backends) in &update.routes {
+            if backends.is_empty() || backends.iter().all(|backend| backend.weight == 0) {
+                return Err(Refusal::BadRequest(format!(
+                    "route {route:?} needs at least one backend with a positive weight"
+                )));
+            }
+        }
+        let routes = serde_json::to_value(&update.routes).unwrap_or(Value::Null);
+        let journal = NewJournal {
+            unix_ms: now_ms(),
+            trace_id: trace_id.to_owned(),
+            kind: "desired_changed".into(),
+            node: Some(node.to_owned()),
+            detail: json!({ "routes": routes }),
+        };
+        let revision = self.store.put_desired(node, &routes, &journal)?;
+        // The journal entry went in with the revision, in one transaction; read back for the stream.
+        let seen = self.last_seq.load(Ordering::Relaxed);
+        for entry in self.store.journal_after(seen, 64)? {
+            self.last_seq.fetch_max(entry.seq, Ordering::Relaxed);
+            let _ = self.journal.send(journal_entry(entry));
+        }
+        self.desired_changed.send_modify(|generation| *generation += 1);
+        Ok(DesiredState { node: node.to_owned(), revision, routes: update.routes })
+    }
+
+    pub fn desired(&self, node: &str) -> Result<DesiredState, Refusal> {
+        if self.store.node(node)?.is_none() {
+            return Err(Refusal::NotFound(format!("unknown node {node:?}")));
+        }
+        Ok(match self.store.desired(node)? {
+            Some(desired) => DesiredState {
+                node: node.to_owned(),
+                revision: desired.revision,
+                routes: serde_json::from_value::<BTreeMap<String, Vec<DesiredBackend>>>(desired.routes)
+                    .unwrap_or_default(),
+            },
+            None => DesiredState { node: node.to_owned(), revision: 0, routes: BTreeMap::new() },
+        })
+    }
+
+    /// Waits (up to `wait`) for desired state newer than `after`.
+    pub async fn desired_after(
+        &self,
+        node: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Option<DesiredState>, Refusal> {
+        let mut changed = self.desired_changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let desired = self.desired(node)?;
+            if desired.revision > after {
+                return Ok(Some(desired));
+            }
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeView>, Refusal> {
+        let records = self.store.nodes()?;
+        records.iter().map(|record| self.view(record)).collect()
+    }
+
+    pub fn node(&self, name: &str) -> Result<NodeView, Refusal> {
+        match self.store.node(name)? {
+            Some(record) => self.view(&record),
+            None => Err(Refusal::NotFound(format!("unknown node {name:?}"))),
+        }
+    }
+
+    fn view(&self, record: &NodeRecord) -> Result<NodeView, Refusal> {
+        let registration: Option<Registration> = serde_json::from_value(record.spec.clone()).ok();
+        let now = now_ms();
+        let windows = lock(&self.windows);
+        let merged = windows.merged(&record.name, now);
+        let seen = windows.proxies(&record.name);
+        let last_report = windows.last_report(&record.name);
+        drop(windows);
+        let proxies_stored = self.store.proxies(&record.name)?;
+        let mut proxies: BTreeMap<String, ProxyView> = proxies_stored
+            .into_iter()
+            .map(|proxy| {
+                let view = ProxyView {
+                    proxy: proxy.proxy.clone(),
+                    applied_revision: proxy.applied_revision,
+                    last_report_unix_ms: Some(proxy.last_seen_unix_ms),
+                };
+                (proxy.proxy, view)
+            })
+            .collect();
+        for (proxy, seen) in &seen {
+            proxies.entry(proxy.clone()).or_insert(ProxyView {
+                proxy: proxy.clone(),
+                applied_revision: seen.desired_revision,
+                last_report_unix_ms: Some(seen.last_unix_ms),
+            });
+        }
+        let stats = merged.get("*").map(|all| NodeStats {
+            window_seconds: all.span.as_secs_f64(),
+            requests: all.counts.requests,
+            rps: all.rps(),
+            success_rate: all.counts.success_rate(),
+            p50_ms: all.p(0.5),
+            p99_ms: all.p(0.99),
+            breakers: seen
+                .values()
+                .flat_map(|seen| seen.breakers.iter())
+                .map(|(cluster, state)| (cluster.clone(), format!("{state:?}").to_lowercase()))
+                .collect(),
+        });
+        let status =
+            lock(&self.statuses).get(&record.name).copied().unwrap_or_else(|| status_of(&record.status));
+        Ok(NodeView {
+            name: record.name.clone(),
+            version: record.version.clone(),
+            status,
+            endpoints: registration
+                .as_ref()
+                .map(|registration| registration.endpoints.clone())
+                .unwrap_or_default(),
+            publishes: registration
+                .as_ref()
+                .map(|registration| registration.publishes.clone())
+                .unwrap_or_default(),
+            consumes: registration
+                .as_ref()
+                .map(|registration| registration.consumes.clone())
+                .unwrap_or_default(),
+            proxies: proxies.into_values().collect(),
+            last_report_unix_ms: last_report,
+            desired_revision: self.store.desired(&record.name)?.map_or(0, |desired| desired.revision),
+            stats,
+        })
+    }
+
+    pub fn events_json(&self) -> Value {
+        serde_json::to_value(lock(&self.map).events()).unwrap_or(Value::Null)
+    }
+
+    pub fn map_json(&self) -> Value {
+        lock(&self.map).to_json()
+    }
+
+    pub fn map_dot(&self) -> String {
+        lock(&self.map).to_dot()
+    }
+
+    pub fn journal_after(&self, after: u64, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
+        Ok(self.store.journal_after(after, limit)?.into_iter().map(journal_entry).collect())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<JournalEntry> {
+        self.journal.subscribe()
+    }
+}
+
+fn journal_entry(record: JournalRecord) -> JournalEntry {
+    JournalEntry {
+        seq: record.seq,
+        unix_ms: record.unix_ms,
+        trace_id: record.trace_id,
+        kind: record.kind,
+        node: record.node,
+        detail: record.detail,
+    }
+}
+
+fn spec_of(record: &NodeRecord) -> Result<NodeSpec, serde_json::Error> {
+    let registration: Registration = serde_json::from_value(record.spec.clone())?;
+    Ok(NodeSpec {
+        name: registration.node,
+        version: registration.version,
+        publishes: registration.publishes,
+        consumes: registration.consumes,
+        endpoints: registration.endpoints,
+    })
+}
+
+fn wire_conflict(conflict: &map::Conflict) -> Conflict {
+    Conflict {
+        kind: match conflict.kind {
+            map::ConflictKind::ConsumedButNotPublished => ConflictKind::ConsumedButNotPublished,
+            map::ConflictKind::MajorVersionMismatch => ConflictKind::MajorVersionMismatch,
+            map::ConflictKind::PublishedEventRemoved => ConflictKind::PublishedEventRemoved,
+            map::ConflictKind::NameClaimedWithDifferentSpec => ConflictKind::NameClaimedWithDifferentSpec,
+        },
+        event: conflict.event.clone(),
+        nodes: conflict.nodes.clone(),
+        message: conflict.message.clone(),
+    }
+}
+
+pub fn status_name(status: NodeStatus) -> &'static str {
+    match status {
+        NodeStatus::Healthy => "healthy",
+        NodeStatus::Degraded => "degraded",
+        NodeStatus::Unreachable => "unreachable",
+        NodeStatus::Registered => "registered",
+    }
+}
+
+fn status_of(name: &str) -> NodeStatus {
+    match name {
+        "healthy" => NodeStatus::Healthy,
+        "degraded" => NodeStatus::Degraded,
+        "unreachable" => NodeStatus::Unreachable,
+        _ => NodeStatus::Registered,
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|since| since.as_millis() as u64).unwrap_or(0)
+}
+
+/// A W3C-style trace id (32 lowercase hex digits).
+pub fn new_trace_id() -> String {
+    format!("{:032x}", fastrand::u128(1..))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
