@@ -1,6 +1,7 @@
 //! The `remora` command line: parses the subcommand and calls into the crates.
 #![forbid(unsafe_code)]
 
+mod cli;
 mod demo;
 
 use std::io::Write;
@@ -50,6 +51,14 @@ enum Command {
         #[arg(long, default_value = "v1")]
         label: String,
     },
+    /// Summarize the mesh from control: reachability, nodes by status, journal head, the nodes table.
+    Status(cli::StatusArgs),
+    /// List the nodes control knows (or one in detail: `remora nodes NAME`).
+    Nodes(cli::NodesArgs),
+    /// Show the event/node map: each event type, its producers and consumers (`--dot` for Graphviz).
+    Map(cli::MapArgs),
+    /// Show control's journal (the last 50 entries by default); `--follow` streams new ones.
+    Events(cli::EventsArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +69,10 @@ fn main() -> ExitCode {
         Command::Check { file } => check(&file),
         Command::Demo { requests } => demo::run(requests),
         Command::DemoService { listen, label } => demo::service(listen, label),
+        Command::Status(args) => cli::status(args),
+        Command::Nodes(args) => cli::nodes(args),
+        Command::Map(args) => cli::map(args),
+        Command::Events(args) => cli::events(args),
     }
 }
 
