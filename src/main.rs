@@ -31,10 +31,20 @@ enum Command {
         #[arg(long)]
         upgrade: bool,
     },
+    /// Run the control process: the event/node map, reports, desired state and the journal.
+    Control {
+        /// The control configuration (TOML); `REMORA_<SECTION>__<KEY>` variables override it. The
+        /// API token comes from `token_file` or `REMORA_CONTROL_TOKEN`.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Validate a configuration: print every error with its path and exit 2, or a summary and exit 0.
     Check {
         /// The configuration file to validate.
         file: PathBuf,
+        /// The file is a control process configuration (`remora control --config`), not a proxy's.
+        #[arg(long)]
+        control: bool,
     },
     /// Start a demo service and a proxy in front of it on 127.0.0.1, send traffic, show what happens.
     Demo {
@@ -66,7 +76,8 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Proxy { config, upgrade } => proxy(&config, upgrade),
-        Command::Check { file } => check(&file),
+        Command::Check { file, control } => check(&file, control),
+        Command::Control { config } => control(&config),
         Command::Demo { requests } => demo::run(requests),
         Command::DemoService { listen, label } => demo::service(listen, label),
         Command::Status(args) => cli::status(args),
@@ -110,10 +121,15 @@ fn init_logging() {
     tracing_subscriber::registry().with(logs).with(access).init();
 }
 
-fn check(file: &Path) -> ExitCode {
-    match remora_config::load_file(file, Source::WithEnv) {
-        Ok(config) => {
-            println!("{}: ok: {}", file.display(), config.summary());
+fn check(file: &Path, control: bool) -> ExitCode {
+    let summary = if control {
+        remora_config::load_control_file(file, Source::WithEnv).map(|config| config.summary())
+    } else {
+        remora_config::load_file(file, Source::WithEnv).map(|config| config.summary())
+    };
+    match summary {
+        Ok(summary) => {
+            println!("{}: ok: {summary}", file.display());
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -178,6 +194,48 @@ fn proxy(file: &Path, upgrade: bool) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("remora proxy: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn control(file: &Path) -> ExitCode {
+    let config = match remora_config::load_control_file(file, Source::WithEnv) {
+        Ok(config) => config,
+        Err(error) => {
+            report_load_error(file, &error);
+            return ExitCode::from(2);
+        }
+    };
+    let token = match config.token() {
+        Ok(token) => token.map(|token| token.into_string()),
+        Err(error) => {
+            eprintln!("remora control: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("remora control: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = config.store.to_string();
+    let result = runtime.block_on(async {
+        let shutdown = remora_proxy::shutdown_signal();
+        remora_control::run(config, token, shutdown, |addr| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "control on http://{addr}");
+            let _ = writeln!(out, "ready: store {store}");
+            let _ = out.flush();
+        })
+        .await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("remora control: {error}");
             ExitCode::FAILURE
         }
     }

@@ -132,6 +132,9 @@ async fn desired_state_is_versioned_and_long_polled() {
     assert_eq!(status, 400, "{refused:#}");
 }
 
+/// A bad request: method, path, body, token, the status expected.
+type Case<'a> = (Method, &'a str, Option<Vec<u8>>, Option<&'a str>, u16);
+
 /// Every endpoint fed bad input answers a clear 4xx and changes nothing.
 #[tokio::test]
 async fn bad_input_is_refused_and_changes_nothing() {
@@ -143,7 +146,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let desired_before = control.call(Method::GET, "/v1/nodes/payments/desired", None).await;
 
     let big = vec![b'x'; 10 * 1024 * 1024];
-    let cases: Vec<(Method, &str, Option<Vec<u8>>, Option<&str>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (Method::POST, "/v1/nodes", Some(b"{not json".to_vec()), Some(TOKEN), 400),
         (Method::POST, "/v1/nodes", Some(br#"{"node": 7}"#.to_vec()), Some(TOKEN), 400),
         (Method::POST, "/v1/nodes", Some(Vec::new()), Some(TOKEN), 400),

@@ -27,8 +27,13 @@ pub struct Control {
 impl Control {
     /// Starts control with `extra` appended to a config whose store is a SQLite file in `dir`.
     pub async fn start_in(dir: PathBuf, extra: &str) -> Control {
+        Self::start_at(dir, "127.0.0.1:0", extra).await
+    }
+
+    /// The same on a given address (a restart on the port the proxies know).
+    pub async fn start_at(dir: PathBuf, listen: &str, extra: &str) -> Control {
         let config = format!(
-            "listen = \"127.0.0.1:0\"\nstore = \"sqlite://{}\"\n[analysis]\ninterval = \"200ms\"\nwindow = \"5s\"\n{extra}",
+            "listen = \"{listen}\"\nstore = \"sqlite://{}\"\n[analysis]\ninterval = \"200ms\"\nwindow = \"5s\"\n{extra}",
             dir.join("control.db").display()
         );
         let config_path = dir.join("control.toml");
