@@ -113,14 +113,25 @@ impl Service {
         if registration.node.is_empty() || registration.version.is_empty() {
             return Err(Refusal::BadRequest("a registration needs a node name and a version".into()));
         }
+        let mut map = lock(&self.map);
+        // Replicas of one version each register their own endpoints: the node has them all.
+        let mut endpoints = registration.endpoints.clone();
+        if let Some(known) =
+            map.node(&registration.node).filter(|known| known.version == registration.version)
+        {
+            for endpoint in &known.endpoints {
+                if !endpoints.contains(endpoint) {
+                    endpoints.push(endpoint.clone());
+                }
+            }
+        }
         let spec = NodeSpec {
             name: registration.node.clone(),
             version: registration.version.clone(),
             publishes: registration.publishes.clone(),
             consumes: registration.consumes.clone(),
-            endpoints: registration.endpoints.clone(),
+            endpoints: endpoints.clone(),
         };
-        let mut map = lock(&self.map);
         let verdict = map.check(&spec);
         let conflicts: Vec<Conflict> = verdict.conflicts.iter().map(wire_conflict).collect();
         if !conflicts.is_empty() && !force {
@@ -135,10 +146,11 @@ impl Service {
         }
         let now = now_ms();
         let existing = self.store.node(&registration.node)?;
+        let stored = Registration { endpoints, ..registration.clone() };
         let record = NodeRecord {
             name: registration.node.clone(),
             version: registration.version.clone(),
-            spec: serde_json::to_value(&registration).unwrap_or(Value::Null),
+            spec: serde_json::to_value(&stored).unwrap_or(Value::Null),
             status: existing.as_ref().map_or_else(|| "registered".to_owned(), |node| node.status.clone()),
             registered_unix_ms: existing.as_ref().map_or(now, |node| node.registered_unix_ms),
             updated_unix_ms: now,

@@ -22,7 +22,10 @@ pub(super) fn registration(nodes: &Nodes, spec: NodeSpec) -> Verdict {
     major_version_mismatch(&after, &spec.name, &mut verdict.conflicts);
     if let Some(previous) = previous {
         published_event_removed(&after, previous, Some(&spec), &mut verdict.conflicts);
-        if previous.version == spec.version {
+        // Endpoints differ between replicas of one node (each proxy registers its own): only the
+        // events a version publishes and consumes make its spec.
+        let events_differ = previous.publishes != spec.publishes || previous.consumes != spec.consumes;
+        if previous.version == spec.version && events_differ {
             verdict.conflicts.push(name_claimed_with_different_spec(previous, &spec));
         }
     }
@@ -172,7 +175,6 @@ fn name_claimed_with_different_spec(previous: &NodeSpec, next: &NodeSpec) -> Con
     let mut changes = Vec::new();
     differences("publish", &previous.publishes, &next.publishes, &mut changes);
     differences("consume", &previous.consumes, &next.consumes, &mut changes);
-    differences("endpoint", &previous.endpoints, &next.endpoints, &mut changes);
     Conflict {
         kind: ConflictKind::NameClaimedWithDifferentSpec,
         event: None,
@@ -475,11 +477,21 @@ pub(crate) mod tests {
                 None,
                 &["payments"],
                 "payments 1.0 is already registered with a different spec (this one adds publish \
-                 refund.issued@1, adds endpoint 10.0.0.2:8080 and drops endpoint 10.0.0.1:8080); register the \
-                 change as a new version, or force it",
+                 refund.issued@1); register the change as a new version, or force it",
             )]
         );
         assert_eq!(verdict.warnings, ["payments publishes refund.issued@1 but no node consumes it"]);
+    }
+
+    #[test]
+    fn another_replica_of_the_same_version_is_no_conflict() {
+        let mut first = node("payments", "1.0", &["payment.settled@1"], &[]);
+        first.endpoints = vec!["10.0.0.1:8080".to_owned()];
+        let map = Map::from_specs([first.clone(), node("orders", "1.0", &[], &["payment.settled@1"])]);
+        let mut replica = first;
+        replica.endpoints = vec!["10.0.0.1:8080".to_owned(), "10.0.0.2:8080".to_owned()];
+        let verdict = map.check(&replica);
+        assert_eq!(verdict.conflicts, []);
     }
 
     #[test]
