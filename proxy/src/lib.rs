@@ -11,6 +11,7 @@ mod balance;
 mod body;
 mod breaker;
 mod cluster;
+mod control;
 mod error;
 mod events;
 mod exposition;
@@ -167,6 +168,7 @@ pub async fn run(
     let drain_requested = Arc::new(tokio::sync::Notify::new());
     let stats_interval = shared.snapshot.load().config.stats.interval.get();
     tokio::spawn(stats::ticker(shared.stats.clone(), stats_interval, stop_rx.clone()));
+    let control = control::spawn(&shared.snapshot.load().config, reloader.clone(), stop_rx.clone());
     let admin =
         tokio::spawn(admin::serve(admin_socket, reloader.clone(), drain_requested.clone(), stop_rx.clone()));
     tracing::info!(addr = %bound.admin, "admin listening");
@@ -239,6 +241,10 @@ pub async fn run(
         tracing::warn!("grace period over: closing the connections still open");
     }
     let _ = stop_tx.send(true);
+    if let Some(control) = control {
+        // Its last report goes out (within a second) before the process ends.
+        let _ = control.await;
+    }
     let _ = admin.await;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Live reconfiguration, one path for every trigger (the config file changing, SIGHUP, `POST
-//! /reload`, and later desired state from control): load → validate whole → diff → one
-//! `ArcSwap::store`. A configuration that fails validation, or whose new listeners cannot bind, changes
-//! nothing: the running one keeps serving, the errors are logged with their paths and counted.
+//! /reload`, and desired state from control): load → validate whole → diff → one `ArcSwap::store`. A
+//! configuration that fails validation, or whose new listeners cannot bind, changes nothing: the
+//! running one keeps serving, the errors are logged with their paths and counted.
 //!
 //! State keyed by name survives (see `Snapshot::rebuild`): an unchanged cluster is the same cluster;
 //! a changed one keeps its limits' counters, its kept endpoints' pools, loads and ejections, and its
@@ -9,11 +9,16 @@
 //! and version. A removed cluster lives on in the requests still using it, then closes its pools.
 //! Listeners are started, restarted on their socket (new limits or protocols) or stopped and drained
 //! one by one.
+//!
+//! Control's desired state is an overlay on the file's configuration ([`crate::control::overlay`]):
+//! the reloader keeps the file's configuration and the last revision applied, and lays that revision
+//! over every configuration the file brings, so that a file reload does not undo a rollout.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use remora_config::control::DesiredState;
 use remora_config::{Change, Config, LoadError, Source};
 use tokio::sync::Mutex;
 
@@ -28,6 +33,14 @@ pub struct Reloader {
     config_path: Option<PathBuf>,
     /// Held for the whole of a reload: reloads never interleave.
     listeners: Mutex<ListenerSet>,
+    /// Changed only under the `listeners` lock.
+    overlay: std::sync::Mutex<Overlay>,
+}
+
+/// The configuration from the file, and control's desired state laid over it.
+struct Overlay {
+    file: Arc<Config>,
+    desired: Option<DesiredState>,
 }
 
 /// What a reload did.
@@ -46,6 +59,8 @@ pub enum ReloadError {
     Load(#[from] LoadError),
     #[error("{0}")]
     Bind(#[from] ServeError),
+    #[error("desired state revision {revision} does not fit the configuration: {}", problems.join("; "))]
+    Desired { revision: u64, problems: Vec<String> },
 }
 
 impl ReloadError {
@@ -53,6 +68,10 @@ impl ReloadError {
     pub fn lines(&self) -> Vec<String> {
         match self {
             ReloadError::Load(error) => error.errors(),
+            ReloadError::Desired { revision, problems } => problems
+                .iter()
+                .map(|problem| format!("desired state revision {revision}: {problem}"))
+                .collect(),
             other => vec![other.to_string()],
         }
     }
@@ -65,7 +84,14 @@ impl Reloader {
         config_path: Option<PathBuf>,
         listeners: ListenerSet,
     ) -> Self {
-        Self { shared, workers, config_path, listeners: Mutex::new(listeners) }
+        let overlay = Overlay { file: shared.snapshot.load().config.clone(), desired: None };
+        Self {
+            shared,
+            workers,
+            config_path,
+            listeners: Mutex::new(listeners),
+            overlay: std::sync::Mutex::new(overlay),
+        }
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -98,9 +124,56 @@ impl Reloader {
         }
     }
 
-    /// Applies a validated configuration.
+    /// Applies a validated configuration from the file, with control's desired state laid over it
+    /// (a route the desired state no longer fits keeps the file's weights, with a warning).
     pub async fn apply(&self, config: Config, trigger: &str) -> Result<Applied, ReloadError> {
         let mut listeners = self.listeners.lock().await;
+        let file = Arc::new(config);
+        let desired = self.overlay().desired.clone();
+        let serving = match &desired {
+            None => file.clone(),
+            Some(desired) => {
+                let (overlaid, problems) = crate::control::overlay(&file, desired);
+                for problem in problems {
+                    tracing::warn!(
+                        trigger,
+                        revision = desired.revision,
+                        "desired state not applied: {problem}"
+                    );
+                }
+                Arc::new(overlaid)
+            }
+        };
+        let applied = self.swap(&mut listeners, serving, trigger).await?;
+        self.overlay().file = file;
+        Ok(applied)
+    }
+
+    /// Applies desired state from control over the file's configuration. A revision that does not fit
+    /// it whole (see [`crate::control::overlay`]) changes nothing.
+    pub async fn apply_desired(&self, desired: DesiredState, trigger: &str) -> Result<Applied, ReloadError> {
+        let mut listeners = self.listeners.lock().await;
+        let file = self.overlay().file.clone();
+        let (serving, problems) = crate::control::overlay(&file, &desired);
+        if !problems.is_empty() {
+            return Err(self.refused(trigger, ReloadError::Desired { revision: desired.revision, problems }));
+        }
+        let applied = self.swap(&mut listeners, Arc::new(serving), trigger).await?;
+        self.overlay().desired = Some(desired);
+        Ok(applied)
+    }
+
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Diffs `config` against the running one and swaps it in, listeners included.
+    async fn swap(
+        &self,
+        listeners: &mut ListenerSet,
+        config: Arc<Config>,
+        trigger: &str,
+    ) -> Result<Applied, ReloadError> {
         let stats = &self.shared.stats;
         let running = self.shared.snapshot.load_full();
         let changes = remora_config::diff(&running.config, &config);
@@ -144,7 +217,6 @@ impl Reloader {
             }
         }
 
-        let config = Arc::new(config);
         let snapshot =
             Snapshot::rebuild(config.clone(), self.workers, &self.shared.events, stats, Some(&running));
         self.shared.snapshot.store(Arc::new(snapshot));

@@ -11,8 +11,6 @@
 //! dropped), so the latency covers the whole response.
 
 mod recorder;
-// The control client sends these reports; until it lands, only the tests build them.
-#[allow(dead_code)]
 pub mod report;
 pub mod view;
 
