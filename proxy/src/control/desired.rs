@@ -149,6 +149,9 @@ impl Poller {
                 }
                 Err(Failure::Unreachable(error)) => {
                     self.link.outage.failed(&error);
+                    // Control may be restarting: the session registers again before its next report,
+                    // even when its own reports happened to miss the outage.
+                    self.link.reregister.notify_one();
                     self.outage_backoff.next_wait()
                 }
                 Err(Failure::UnknownNode(message)) => {
