@@ -94,12 +94,19 @@ async fn two_proxies_register_report_apply_desired_weights_and_survive_control_g
     let (status, desired) = control.call(Method::PUT, "/v1/nodes/payments/desired", Some(&update)).await;
     assert_eq!(status, 200, "{desired:#}");
     let revision = desired["revision"].as_u64().expect("revision");
-    wait_node(&control, "both proxies acknowledging the revision", |node| {
+    let node = wait_node(&control, "both proxies acknowledging the revision", |node| {
         node["proxies"].as_array().is_some_and(|proxies| {
             proxies.len() == 2 && proxies.iter().all(|proxy| proxy["applied_revision"] == revision)
         })
     })
     .await;
+    let recent: Vec<&str> = node["recent_events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["kind"].as_str())
+        .collect();
+    assert!(recent.contains(&"desired_changed"), "the node's recent events: {recent:?}");
     for proxy in [&first, &second] {
         for _ in 0..10 {
             assert!(get(&client, &proxy.url("/")).await.is_from("canary", 200), "desired weights applied");

@@ -190,6 +190,10 @@ pub struct NodeView {
     pub desired_revision: u64,
     /// Figures over analysis' window; `null` until a report has arrived.
     pub stats: Option<NodeStats>,
+    /// The node's latest journal entries since control started (proxy events such as
+    /// `breaker_opened`, status changes, desired-state changes), oldest first; the journal has all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_events: Vec<JournalEntry>,
 }
 
 /// One proxy of a node.
@@ -491,6 +495,7 @@ mod tests {
                 p99_ms: Some(250.0),
                 breakers: vec![("payments-v2".to_owned(), "open".to_owned())],
             }),
+            recent_events: Vec::new(),
         };
         round_trip(
             view.clone(),
@@ -533,6 +538,7 @@ mod tests {
             last_report_unix_ms: Some(1_700),
             desired_revision: 3,
             stats: None,
+            recent_events: Vec::new(),
         }
     }
 

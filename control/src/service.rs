@@ -46,7 +46,12 @@ pub struct Service {
     unreachable_after: Duration,
     /// The last journal sequence sent to the streams.
     last_seq: AtomicU64,
+    /// Per node, its latest journal entries.
+    recent: Mutex<BTreeMap<String, std::collections::VecDeque<JournalEntry>>>,
 }
+
+/// How many journal entries a node view shows.
+const RECENT_EVENTS: usize = 20;
 
 impl Service {
     pub fn new(
@@ -65,6 +70,7 @@ impl Service {
             desired_changed: watch::channel(0).0,
             journal,
             unreachable_after,
+            recent: Mutex::default(),
             last_seq: AtomicU64::new(store.journal_after(0, usize::MAX)?.last().map_or(0, |entry| entry.seq)),
             store,
         })
@@ -92,7 +98,7 @@ impl Service {
 
     fn announce(&self, seq: u64, entry: NewJournal) {
         self.last_seq.fetch_max(seq, Ordering::Relaxed);
-        let _ = self.journal.send(JournalEntry {
+        self.publish(JournalEntry {
             seq,
             unix_ms: entry.unix_ms,
             trace_id: entry.trace_id,
@@ -100,6 +106,19 @@ impl Service {
             node: entry.node,
             detail: entry.detail,
         });
+    }
+
+    /// To the streams, and to the node's recent events.
+    fn publish(&self, entry: JournalEntry) {
+        if let Some(node) = &entry.node {
+            let mut recent = lock(&self.recent);
+            let recent = recent.entry(node.clone()).or_default();
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(entry.clone());
+        }
+        let _ = self.journal.send(entry);
     }
 
     /// A proxy registering its node: checked against the map, refused with the conflicts (409) unless
@@ -265,7 +284,7 @@ impl Service {
         let seen = self.last_seq.load(Ordering::Relaxed);
         for entry in self.store.journal_after(seen, 64)? {
             self.last_seq.fetch_max(entry.seq, Ordering::Relaxed);
-            let _ = self.journal.send(journal_entry(entry));
+            self.publish(journal_entry(entry));
         }
         self.desired_changed.send_modify(|generation| *generation += 1);
         Ok(DesiredState { node: node.to_owned(), revision, routes: update.routes })
@@ -380,6 +399,10 @@ impl Service {
             last_report_unix_ms: last_report,
             desired_revision: self.store.desired(&record.name)?.map_or(0, |desired| desired.revision),
             stats,
+            recent_events: lock(&self.recent)
+                .get(&record.name)
+                .map(|recent| recent.iter().cloned().collect())
+                .unwrap_or_default(),
         })
     }
 

@@ -563,6 +563,7 @@ mod tests {
                 p99_ms: Some(250.0),
                 breakers: vec![("payments-v2".to_owned(), "open".to_owned())],
             }),
+            recent_events: Vec::new(),
         }
     }
 
@@ -578,6 +579,7 @@ mod tests {
             last_report_unix_ms: None,
             desired_revision: 0,
             stats: None,
+            recent_events: Vec::new(),
         }
     }
 
