@@ -172,3 +172,30 @@ async fn restart_on(dir: std::path::PathBuf, addr: SocketAddr) -> Control {
     })
     .await
 }
+
+/// A node whose proxies stop reporting turns `unreachable` (journaled) and `healthy` again when
+/// reports resume.
+#[tokio::test]
+async fn a_silent_node_turns_unreachable_and_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).expect("token file");
+    let control = Control::start_in(dir.path().to_owned(), "").await;
+    let (stable, canary) = (Upstream::echo("stable").await, Upstream::echo("canary").await);
+    let text = proxy_config(control.addr, &token_file, stable.addr, canary.addr);
+    let proxy = Proxy::start(&text).await;
+    wait_node(&control, "the node healthy", |node| node["status"] == "healthy").await;
+    drop(proxy);
+    wait_node(&control, "the node unreachable", |node| node["status"] == "unreachable").await;
+    let _proxy = Proxy::start(&text).await;
+    wait_node(&control, "the node healthy again", |node| node["status"] == "healthy").await;
+    let (_, journal) = control.call(Method::GET, "/v1/journal?after=0", None).await;
+    let changes: Vec<String> = journal
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["kind"] == "status_changed")
+        .map(|entry| entry["detail"]["to"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(changes, ["healthy", "unreachable", "healthy"], "{journal:#}");
+}
