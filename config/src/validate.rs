@@ -686,7 +686,7 @@ impl Validator<'_> {
     }
 }
 
-fn push_figment_error(errors: &mut ConfigErrors, base: &str, error: figment::Error) {
+pub(crate) fn push_figment_error(errors: &mut ConfigErrors, base: &str, error: figment::Error) {
     let mut path = base.to_owned();
     for segment in &error.path {
         if !path.is_empty() {
@@ -712,7 +712,7 @@ fn push_figment_error(errors: &mut ConfigErrors, base: &str, error: figment::Err
     errors.push(path, message);
 }
 
-fn unknown_key(key: &str, expected: &[&str]) -> String {
+pub(crate) fn unknown_key(key: &str, expected: &[&str]) -> String {
     match did_you_mean(key, expected) {
         Some(candidate) => format!("unknown key (did you mean {candidate:?}?)"),
         None => format!("unknown key (expected one of: {})", expected.join(", ")),
@@ -735,7 +735,7 @@ fn unknown_reference(kind: &str, name: &str, known: &[&str]) -> String {
 }
 
 /// The closest candidate, when it is close enough to be a likely typo.
-fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|candidate| (strsim::damerau_levenshtein(word, candidate), *candidate))

@@ -9,13 +9,13 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use figment::error::Kind;
 use figment::value::{Dict, Value};
 use figment::Figment;
 use serde::de::DeserializeOwned;
 
 use super::raw::*;
 use super::{Analysis, ControlConfig, Hook, HookTarget, Hooks, NodePolicy, Rollout, Slo, Store};
+use crate::validate::{did_you_mean, push_figment_error, unknown_key};
 use crate::{ConfigErrors, Duration, Endpoint};
 
 pub(super) fn figment(figment: &Figment) -> Result<ControlConfig, ConfigErrors> {
@@ -423,46 +423,4 @@ fn endpoint(text: &str) -> Result<Endpoint, String> {
         return Err(invalid());
     }
     Ok(Endpoint { host: host.to_ascii_lowercase(), port, socket_addr: None })
-}
-
-fn push_figment_error(errors: &mut ConfigErrors, base: &str, error: figment::Error) {
-    let mut path = base.to_owned();
-    for segment in &error.path {
-        if !path.is_empty() {
-            path.push('.');
-        }
-        path.push_str(segment);
-    }
-    let message = match &error.kind {
-        // figment's path already ends with the unknown key.
-        Kind::UnknownField(field, expected) => unknown_key(field, expected),
-        Kind::MissingField(field) => {
-            if !path.is_empty() {
-                path.push('.');
-            }
-            path.push_str(field);
-            "missing required key".to_owned()
-        }
-        Kind::InvalidType(actual, expected) => format!("expected {expected}, found {actual}"),
-        Kind::Message(message) => message.clone(),
-        other => other.to_string(),
-    };
-    errors.push(path, message);
-}
-
-fn unknown_key(key: &str, expected: &[&str]) -> String {
-    match did_you_mean(key, expected) {
-        Some(candidate) => format!("unknown key (did you mean {candidate:?}?)"),
-        None => format!("unknown key (expected one of: {})", expected.join(", ")),
-    }
-}
-
-/// The closest candidate, when it is close enough to be a likely typo.
-fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|candidate| (strsim::damerau_levenshtein(word, candidate), *candidate))
-        .filter(|(distance, candidate)| *distance <= (candidate.len().max(word.len()) / 3).max(1))
-        .min_by_key(|(distance, _)| *distance)
-        .map(|(_, candidate)| candidate)
 }
