@@ -258,10 +258,18 @@ impl Default for Gate {
     }
 }
 
-/// An address with nothing listening: bound, read, and closed again.
+/// An address with nothing listening: a socket bound to a port on 127.0.0.1 but never listening, and
+/// kept for the rest of the test process, so that connections are refused and no other test (they run
+/// in parallel) can take the port meanwhile.
 pub fn dead_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("address")
+    use nix::sys::socket::{bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    static HELD: std::sync::Mutex<Vec<std::os::fd::OwnedFd>> = std::sync::Mutex::new(Vec::new());
+    let socket = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+    let any_port = SockaddrIn::new(127, 0, 0, 1, 0);
+    bind(std::os::fd::AsRawFd::as_raw_fd(&socket), &any_port).expect("bind 127.0.0.1:0");
+    let bound: SockaddrIn = getsockname(std::os::fd::AsRawFd::as_raw_fd(&socket)).expect("getsockname");
+    HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(socket);
+    SocketAddr::from((std::net::Ipv4Addr::new(127, 0, 0, 1), bound.port()))
 }
 
 /// Reads from a raw upstream connection until the end of a request head; returns the head.
