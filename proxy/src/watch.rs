@@ -181,9 +181,11 @@ async fn run(
         }
         watched.refresh();
         let bytes = match tokio::fs::read(&watched.path).await {
-            Ok(bytes) => bytes,
-            // Between an editor's delete and create, or a rename not yet made: one more quiet period.
-            Err(_) => {
+            Ok(bytes) if !bytes.is_empty() => bytes,
+            // Between an editor's delete and create, a rename not yet made, or an in-place write caught
+            // between its truncation and its first byte (an empty file is never a configuration): one
+            // more quiet period.
+            Ok(_) | Err(_) => {
                 if !settle(&mut wakes, debounce).await {
                     return;
                 }
