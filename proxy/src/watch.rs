@@ -428,7 +428,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn burst_of_writes_emits_once_with_the_last_content() {
         // Larger than the others, so that a stalled machine does not split the burst.
-        let debounce = Duration::from_millis(200);
+        let debounce = Duration::from_millis(500);
         let directory = tempfile::tempdir().unwrap();
         let path = config_in(directory.path(), "version = 0\n");
         let (_watcher, mut received) = ConfigWatcher::start(path.clone(), debounce).unwrap();
