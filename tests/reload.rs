@@ -6,8 +6,6 @@ mod common;
 
 use std::fmt::Display;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::client::PooledClient;
@@ -286,28 +284,7 @@ async fn no_request_is_lost_while_the_config_is_rewritten_under_load() {
     let proxy = Proxy::start(&weighted(&upstreams, variants[0], "")).await;
     let url = proxy.url("/load");
 
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut load = tokio::task::JoinSet::new();
-    for _ in 0..32 {
-        let (client, url, sent, failed, stop) =
-            (h1_client(), url.clone(), sent.clone(), failed.clone(), stop_rx.clone());
-        load.spawn(async move {
-            while !*stop.borrow() {
-                let request = Request::get(url.as_str()).body(empty()).expect("request");
-                match tokio::time::timeout(TIMEOUT, client.request(request)).await {
-                    Ok(Ok(response)) if response.status() == 200 => {
-                        let _ = read_body("load", response.into_body()).await;
-                    }
-                    other => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("failed: {other:?}");
-                    }
-                }
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
+    let load = common::load::Load::start(&url, 32);
 
     let probe = h1_client();
     for rewrite_index in 1..=REWRITES {
@@ -331,17 +308,8 @@ async fn no_request_is_lost_while_the_config_is_rewritten_under_load() {
         }
         assert!(seen.iter().all(|label| weights.iter().any(|(cluster, _)| cluster == label)), "{seen:?}");
     }
-    within("the load to reach its minimum", async {
-        while sent.load(Ordering::Relaxed) < MIN_REQUESTS {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    let _ = stop_tx.send(true);
-    while let Some(joined) = load.join_next().await {
-        joined.expect("a load task panicked");
-    }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    load.wait_sent(MIN_REQUESTS).await;
+    let (sent, failed) = load.stop().await;
     assert!(sent >= MIN_REQUESTS, "{sent} requests");
     assert_eq!(failed, 0, "{failed} of {sent} requests failed across {REWRITES} reloads");
     assert_eq!(generation(&proxy).await, REWRITES as u64 + 1);

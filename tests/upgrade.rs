@@ -5,12 +5,9 @@
 mod common;
 
 use std::fmt::Display;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use http::Request;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_under_load_loses_no_request() {
@@ -35,40 +32,8 @@ endpoints = ["{UPSTREAM}"]
     let mut old = Proxy::start(&text).await;
     let url = old.url("/");
 
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut load = tokio::task::JoinSet::new();
-    for _ in 0..16 {
-        let (client, url, sent, failed, stop) =
-            (h1_client(), url.clone(), sent.clone(), failed.clone(), stop_rx.clone());
-        load.spawn(async move {
-            while !*stop.borrow() {
-                let request = Request::get(url.as_str()).body(empty()).expect("request");
-                match tokio::time::timeout(TIMEOUT, client.request(request)).await {
-                    Ok(Ok(response)) if response.status() == 200 => {
-                        let _ = read_body("load", response.into_body()).await;
-                    }
-                    other => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("failed: {other:?}");
-                    }
-                }
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
-    let wait_sent = |at_least: usize| {
-        let sent = sent.clone();
-        async move {
-            within(&format!("{at_least} requests"), async {
-                while sent.load(Ordering::Relaxed) < at_least {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-            .await
-        }
-    };
-    wait_sent(1_000).await;
+    let load = common::load::Load::start(&url, 16);
+    load.wait_sent(1_000).await;
 
     let new = Proxy::start_with_args(&text, &["--upgrade"]).await;
     assert_eq!(new.addr(), old.addr(), "the successor serves on the very same socket");
@@ -77,13 +42,8 @@ endpoints = ["{UPSTREAM}"]
     assert!(status.success(), "the old proxy drains and exits 0: {status:?}\n{}", old.stderr());
 
     // The load carries on against the successor alone.
-    let after_exit = sent.load(Ordering::Relaxed);
-    wait_sent(after_exit + 1_000).await;
-    let _ = stop_tx.send(true);
-    while let Some(joined) = load.join_next().await {
-        joined.expect("a load task panicked");
-    }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    load.wait_sent(load.sent() + 1_000).await;
+    let (sent, failed) = load.stop().await;
     assert_eq!(failed, 0, "{failed} of {sent} requests failed across the upgrade\n{}", new.stderr());
     let stats = admin_json(&new, "/stats").await;
     let served = stats["series"][0]["since_start"]["requests"].as_u64().expect("requests");

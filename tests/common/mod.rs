@@ -13,6 +13,7 @@
 pub mod chaos;
 pub mod client;
 pub mod control;
+pub mod load;
 pub mod process;
 pub mod upstream;
 
