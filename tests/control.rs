@@ -167,6 +167,10 @@ async fn bad_input_is_refused_and_changes_nothing() {
         (Method::GET, "/v1/nodes/nobody", None, Some(TOKEN), 404),
         (Method::GET, "/v1/map?format=png", None, Some(TOKEN), 400),
         (Method::DELETE, "/v1/nodes", None, Some(TOKEN), 404),
+        (Method::GET, "/v1/journal?after=yesterday", None, Some(TOKEN), 400),
+        (Method::GET, "/v1/journal?limit=-1", None, Some(TOKEN), 400),
+        (Method::GET, "/v1/nodes/payments/desired?after=1&wait_ms=soon", None, Some(TOKEN), 400),
+        (Method::POST, "/v1/nodes?force=maybe", Some(payments.to_string().into_bytes()), Some(TOKEN), 400),
     ];
     for (method, path, body, token, expected) in cases {
         let (status, answer) = control.call_with(method.clone(), path, body, token).await;

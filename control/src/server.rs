@@ -93,27 +93,26 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
     let service = &api.service;
     let result: Result<Response<Body>, Refusal> = match (method.clone(), segments.as_slice()) {
         (Method::POST, ["v1", "nodes"]) => match read_json::<Registration>(request, MAX_BODY_BYTES).await {
-            Ok(registration) => {
-                let force = param(&query, "force").is_some_and(|force| force == "true" || force == "1");
+            Ok(registration) => flag(&query, "force").and_then(|force| {
                 service
                     .register(registration, force, &trace_id)
                     .map(|registered| json(StatusCode::OK, &registered))
-            }
+            }),
             Err(response) => Ok(response),
         },
         (Method::GET, ["v1", "nodes"]) => service.nodes().map(|nodes| json(StatusCode::OK, &nodes)),
         (Method::GET, ["v1", "nodes", name]) => service.node(name).map(|node| json(StatusCode::OK, &node)),
         (Method::GET, ["v1", "nodes", name, "desired"]) => {
-            let after = param(&query, "after").and_then(|after| after.parse().ok()).unwrap_or(0);
-            let wait = param(&query, "wait_ms")
-                .and_then(|wait| wait.parse().ok())
-                .map(Duration::from_millis)
-                .unwrap_or(Duration::ZERO)
-                .min(MAX_WAIT);
-            match service.desired_after(name, after, wait).await {
-                Ok(Some(desired)) => Ok(json(StatusCode::OK, &desired)),
-                Ok(None) => Ok(empty(StatusCode::NO_CONTENT)),
-                Err(refusal) => Err(refusal),
+            match (number(&query, "after", 0), number(&query, "wait_ms", 0)) {
+                (Ok(after), Ok(wait_ms)) => {
+                    let wait = Duration::from_millis(wait_ms).min(MAX_WAIT);
+                    match service.desired_after(name, after, wait).await {
+                        Ok(Some(desired)) => Ok(json(StatusCode::OK, &desired)),
+                        Ok(None) => Ok(empty(StatusCode::NO_CONTENT)),
+                        Err(refusal) => Err(refusal),
+                    }
+                }
+                (Err(refusal), _) | (_, Err(refusal)) => Err(refusal),
             }
         }
         (Method::PUT, ["v1", "nodes", name, "desired"]) => {
@@ -143,23 +142,22 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
             Some(other) => Err(Refusal::BadRequest(format!("unknown format {other:?}: use json or dot"))),
         },
         (Method::GET, ["v1", "journal"]) => {
-            let after = param(&query, "after").and_then(|after| after.parse().ok()).unwrap_or(0);
-            let limit =
-                param(&query, "limit").and_then(|limit| limit.parse().ok()).unwrap_or(1000).min(10_000);
-            service
-                .journal_after(after, limit)
-                .map(|entries| json(StatusCode::OK, &entries))
-                .map_err(Refusal::from)
+            match (number(&query, "after", 0), number(&query, "limit", 1000)) {
+                (Ok(after), Ok(limit)) => service
+                    .journal_after(after, limit.min(10_000) as usize)
+                    .map(|entries| json(StatusCode::OK, &entries))
+                    .map_err(Refusal::from),
+                (Err(refusal), _) | (_, Err(refusal)) => Err(refusal),
+            }
         }
         (Method::GET, ["v1", "journal", "stream"]) => {
-            let after = request
-                .headers()
-                .get("last-event-id")
-                .and_then(|id| id.to_str().ok())
-                .and_then(|id| id.trim().parse().ok())
-                .or_else(|| param(&query, "after").and_then(|after| after.parse().ok()))
-                .unwrap_or(0);
-            Ok(stream(service.clone(), after))
+            let after = match request.headers().get("last-event-id") {
+                Some(id) => id.to_str().ok().and_then(|id| id.trim().parse().ok()).ok_or_else(|| {
+                    Refusal::BadRequest("Last-Event-ID must be a journal sequence number".into())
+                }),
+                None => number(&query, "after", 0),
+            };
+            after.map(|after| stream(service.clone(), after))
         }
         (_, ["v1", ..]) => Err(Refusal::NotFound(format!("no {method} {path} in the API"))),
         _ => Err(Refusal::NotFound(format!("no {path}: the API lives under /v1"))),
@@ -253,6 +251,27 @@ fn trace_id_of(request: &Request<Incoming>) -> String {
         .filter(|id| id.len() == 32 && id.bytes().all(|byte| byte.is_ascii_hexdigit()))
         .map(str::to_owned)
         .unwrap_or_else(new_trace_id)
+}
+
+/// A number from the query string, `default` when absent; anything else is a 400.
+fn number(query: &str, name: &str, default: u64) -> Result<u64, Refusal> {
+    match param(query, name) {
+        None => Ok(default),
+        Some(value) => value
+            .parse()
+            .map_err(|_| Refusal::BadRequest(format!("query parameter {name}={value:?} is not a number"))),
+    }
+}
+
+/// A yes/no from the query string (`true`/`false`, `1`/`0`), false when absent.
+fn flag(query: &str, name: &str) -> Result<bool, Refusal> {
+    match param(query, name).as_deref() {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(value) => {
+            Err(Refusal::BadRequest(format!("query parameter {name}={value:?} must be true or false")))
+        }
+    }
 }
 
 fn param(query: &str, name: &str) -> Option<String> {
