@@ -1,5 +1,6 @@
 #![forbid(unsafe_code)]
 
+pub mod hooks;
 pub mod ingest;
 pub mod map;
 mod run;
