@@ -15,7 +15,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::EventRef;
+use crate::{Endpoint, EventRef};
 
 /// The API's version: every path starts with `/v1/`. A change an older peer could misread (a field
 /// added, removed or changing meaning) comes with a new version.
@@ -109,8 +109,9 @@ pub enum ConflictKind {
     NameClaimedWithDifferentSpec,
 }
 
-/// One node's desired state: the route weights its proxies must apply (more to come), under a
-/// revision that only grows, so a proxy can tell a newer state from one it already applied.
+/// One node's desired state: how its traffic is split between its versions and the route weights its
+/// proxies must apply, under a revision that only grows, so a proxy can tell a newer state from one it
+/// already applied. A proxy applies `split` first, then `routes`: a route listed wins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DesiredState {
@@ -119,6 +120,9 @@ pub struct DesiredState {
     pub revision: u64,
     /// Route name to the backends and weights that replace the route's own.
     pub routes: BTreeMap<String, Vec<DesiredBackend>>,
+    /// The node's traffic between its versions, set by the rollout engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<DesiredSplit>,
 }
 
 /// One backend of a route in desired state, with its weight.
@@ -135,6 +139,62 @@ pub struct DesiredBackend {
 #[serde(deny_unknown_fields)]
 pub struct DesiredUpdate {
     pub routes: BTreeMap<String, Vec<DesiredBackend>>,
+    /// The node's traffic between its versions (see [`DesiredState::split`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<DesiredSplit>,
+}
+
+/// Which version of the node serves, and the canary's share. A proxy applies it to every route that
+/// serves the node (one of whose backends' clusters has a version of the node): the stable version's
+/// clusters share `100 - canary_weight` percent, the canary's `canary_weight`, and the node's other
+/// versions get nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredSplit {
+    pub stable: DesiredVersion,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<DesiredVersion>,
+    /// The canary's share of the node's traffic in percent, 0..=100 (0 without a canary).
+    #[serde(default)]
+    pub canary_weight: u32,
+}
+
+/// One version of the node in a [`DesiredSplit`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredVersion {
+    pub version: String,
+    /// Where this version listens. Empty: the configuration's own cluster(s) of this version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+}
+
+impl DesiredVersion {
+    /// Checks the version as the configuration checks a cluster's, since it becomes one: a plain name
+    /// (letters, digits, `-`, `_`, `.`: it is a stats label and part of a cluster's name), and
+    /// endpoints written as the file writes them (`host:port`), none twice. The endpoints parsed, or
+    /// every problem, one line each.
+    pub fn check(&self) -> Result<Vec<Endpoint>, Vec<String>> {
+        let mut problems = Vec::new();
+        if let Err(message) = crate::validate::check_name(&self.version) {
+            problems.push(format!("version {message}"));
+        }
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(self.endpoints.len());
+        for text in &self.endpoints {
+            match crate::validate::parse_endpoint(text) {
+                Ok(endpoint) if endpoints.contains(&endpoint) => {
+                    problems.push(format!("version {:?}: duplicate endpoint {endpoint}", self.version));
+                }
+                Ok(endpoint) => endpoints.push(endpoint),
+                Err(message) => problems.push(format!("version {:?}: {message}", self.version)),
+            }
+        }
+        if problems.is_empty() {
+            Ok(endpoints)
+        } else {
+            Err(problems)
+        }
+    }
 }
 
 /// Every error body of the API: `{"error": "...", "details": [...]}`; `details` is left out when
@@ -442,10 +502,71 @@ mod tests {
         let backends =
             json!([{"cluster": "payments-v1", "weight": 90}, {"cluster": "payments-v2", "weight": 10}]);
         round_trip(
-            DesiredState { node: "payments".to_owned(), revision: 3, routes: routes.clone() },
+            DesiredState { node: "payments".to_owned(), revision: 3, routes: routes.clone(), split: None },
             json!({"node": "payments", "revision": 3, "routes": {"api": backends.clone()}}),
         );
-        round_trip(DesiredUpdate { routes }, json!({"routes": {"api": backends}}));
+        round_trip(DesiredUpdate { routes, split: None }, json!({"routes": {"api": backends}}));
+    }
+
+    fn version(version: &str, endpoints: &[&str]) -> DesiredVersion {
+        DesiredVersion {
+            version: version.to_owned(),
+            endpoints: endpoints.iter().map(|endpoint| (*endpoint).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn desired_split_round_trips_and_leaves_out_what_is_empty() {
+        let split = DesiredSplit {
+            stable: version("v1", &[]),
+            canary: Some(version("v2", &["127.0.0.1:9002", "payments-v2.internal:80"])),
+            canary_weight: 10,
+        };
+        let expected = json!({
+            "stable": {"version": "v1"},
+            "canary": {"version": "v2", "endpoints": ["127.0.0.1:9002", "payments-v2.internal:80"]},
+            "canary_weight": 10,
+        });
+        round_trip(
+            DesiredState {
+                node: "payments".to_owned(),
+                revision: 4,
+                routes: BTreeMap::new(),
+                split: Some(split.clone()),
+            },
+            json!({"node": "payments", "revision": 4, "routes": {}, "split": expected.clone()}),
+        );
+        round_trip(
+            DesiredUpdate { routes: BTreeMap::new(), split: Some(split) },
+            json!({"routes": {}, "split": expected}),
+        );
+        // Promoted: no canary; `canary_weight` is still written.
+        round_trip(
+            DesiredSplit { stable: version("v2", &["127.0.0.1:9002"]), canary: None, canary_weight: 0 },
+            json!({"stable": {"version": "v2", "endpoints": ["127.0.0.1:9002"]}, "canary_weight": 0}),
+        );
+        let read: DesiredSplit = bounded_json(br#"{"stable": {"version": "v1"}}"#, 1024).unwrap();
+        assert_eq!(read, DesiredSplit { stable: version("v1", &[]), canary: None, canary_weight: 0 });
+        let error = bounded_json::<DesiredSplit>(br#"{"canary_weight": 5}"#, 1024).unwrap_err();
+        assert!(error.contains("missing field `stable`"), "{error}");
+    }
+
+    #[test]
+    fn a_desired_version_is_checked_as_a_cluster_is() {
+        let parsed = version("v2", &["127.0.0.1:9002", "Payments.internal:80"]).check().unwrap();
+        let written: Vec<String> = parsed.iter().map(ToString::to_string).collect();
+        assert_eq!(written, ["127.0.0.1:9002", "payments.internal:80"]);
+        assert_eq!(version("v1", &[]).check(), Ok(Vec::new()));
+        assert_eq!(version("", &[]).check(), Err(vec!["version cannot be empty".to_owned()]));
+        assert_eq!(
+            version("v 2", &["nope", "127.0.0.1:1", "127.0.0.1:1"]).check(),
+            Err(vec![
+                r#"version "v 2" may only hold letters, digits, '-', '_' and '.'"#.to_owned(),
+                r#"version "v 2": "nope" is not an address with a port (e.g. "127.0.0.1:9001" or "payments.internal:80")"#
+                    .to_owned(),
+                r#"version "v 2": duplicate endpoint 127.0.0.1:1"#.to_owned(),
+            ])
+        );
     }
 
     #[test]
@@ -590,6 +711,12 @@ mod tests {
         refused::<DesiredState>(json!({"node": "a", "revision": 1, "routes": {}}));
         refused::<DesiredBackend>(json!({"cluster": "a", "weight": 1}));
         refused::<DesiredUpdate>(json!({"routes": {}}));
+        refused::<DesiredSplit>(json!({"stable": {"version": "v1"}, "canary_weight": 0}));
+        refused::<DesiredVersion>(json!({"version": "v1", "endpoints": []}));
+        // Nested in a desired state too: a proxy that does not know a field refuses the revision.
+        let body = br#"{"node": "a", "revision": 1, "routes": {}, "split": {"stable": {"version": "v1", "weight": 1}}}"#;
+        let error = bounded_json::<DesiredState>(body, 1024).unwrap_err();
+        assert!(error.contains("unknown field `weight`"), "{error}");
         refused::<ApiError>(json!({"error": "e"}));
         refused::<NodeView>(serde_json::to_value(registered_view()).unwrap());
         refused::<ProxyView>(json!({"proxy": "a:1", "applied_revision": null, "last_report_unix_ms": null}));

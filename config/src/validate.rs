@@ -666,14 +666,9 @@ impl Validator<'_> {
         }
     }
 
-    /// Names appear in metric labels and URLs: keep them plain.
     fn name(&mut self, name: &str, path: &str) {
-        if name.is_empty() {
-            self.errors.push(path.to_owned(), "cannot be empty");
-        } else if !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
-        {
-            self.errors
-                .push(path.to_owned(), format!("{name:?} may only hold letters, digits, '-', '_' and '.'"));
+        if let Err(message) = check_name(name) {
+            self.errors.push(path.to_owned(), message);
         }
     }
 
@@ -766,7 +761,20 @@ fn parse_event(text: &str) -> Result<EventRef, String> {
     Ok(EventRef { name: name.to_owned(), major })
 }
 
-fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
+/// Names appear in metric labels and URLs: keep them plain. Also checks the versions desired state
+/// brings (`crate::control`).
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        Err("cannot be empty".to_owned())
+    } else if !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.')) {
+        Err(format!("{name:?} may only hold letters, digits, '-', '_' and '.'"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A cluster's endpoint as the file writes it; also reads the endpoints desired state brings.
+pub(crate) fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         if addr.port() == 0 {
             return Err(format!("{text:?} needs a port other than 0"));

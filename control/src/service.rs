@@ -287,7 +287,7 @@ impl Service {
             self.publish(journal_entry(entry));
         }
         self.desired_changed.send_modify(|generation| *generation += 1);
-        Ok(DesiredState { node: node.to_owned(), revision, routes: update.routes })
+        Ok(DesiredState { node: node.to_owned(), revision, routes: update.routes, split: None })
     }
 
     pub fn desired(&self, node: &str) -> Result<DesiredState, Refusal> {
@@ -300,8 +300,9 @@ impl Service {
                 revision: desired.revision,
                 routes: serde_json::from_value::<BTreeMap<String, Vec<DesiredBackend>>>(desired.routes)
                     .unwrap_or_default(),
+                split: None,
             },
-            None => DesiredState { node: node.to_owned(), revision: 0, routes: BTreeMap::new() },
+            None => DesiredState { node: node.to_owned(), revision: 0, routes: BTreeMap::new(), split: None },
         })
     }
 

@@ -359,7 +359,7 @@ fn desired_state(revision: u64, routes: &[(&str, &[(&str, u32)])]) -> DesiredSta
             ((*route).to_owned(), backends)
         })
         .collect::<BTreeMap<_, _>>();
-    DesiredState { node: "payments".to_owned(), revision, routes }
+    DesiredState { node: "payments".to_owned(), revision, routes, split: None }
 }
 
 #[tokio::test(start_paused = true)]
