@@ -46,13 +46,10 @@ enum Command {
         #[arg(long)]
         control: bool,
     },
-    /// Start a demo service and a proxy in front of it on 127.0.0.1, send traffic, show what happens.
-    Demo {
-        /// Requests to send through the proxy.
-        #[arg(long, default_value_t = 400)]
-        requests: usize,
-    },
-    /// The demo's backend service (started by `remora demo`).
+    /// The self-healing loop on 127.0.0.1, no set-up: control, a demo service and a proxy; the
+    /// service degrades, is healed by a regenerated version, and a bad canary is rolled back.
+    Demo(demo::DemoArgs),
+    /// The demo's backend service (started by `remora demo`), with fault knobs.
     #[command(hide = true)]
     DemoService {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -60,6 +57,21 @@ enum Command {
         /// The version this instance reports (`x-demo-version`).
         #[arg(long, default_value = "v1")]
         label: String,
+        /// Share of requests answered 500, 0..=1 (also settable at run time: POST /admin/fault).
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Latency added to every request, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
+    /// The demo's hooks (run by control as commands in `remora demo`).
+    #[command(hide = true)]
+    DemoHook {
+        #[command(subcommand)]
+        kind: demo::hook::Kind,
+        /// Where the started services' pid files are kept.
+        #[arg(long, global = true, default_value = ".")]
+        dir: PathBuf,
     },
     /// Summarize the mesh from control: reachability, nodes by status, journal head, the nodes table.
     Status(cli::StatusArgs),
@@ -69,6 +81,8 @@ enum Command {
     Map(cli::MapArgs),
     /// Show control's journal (the last 50 entries by default); `--follow` streams new ones.
     Events(cli::EventsArgs),
+    /// Roll a new version of a node out as a canary, or pause, resume, promote, abort or show one.
+    Rollout(cli::RolloutArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,12 +92,16 @@ fn main() -> ExitCode {
         Command::Proxy { config, upgrade } => proxy(&config, upgrade),
         Command::Check { file, control } => check(&file, control),
         Command::Control { config } => control(&config),
-        Command::Demo { requests } => demo::run(requests),
-        Command::DemoService { listen, label } => demo::service(listen, label),
+        Command::Demo(args) => demo::run(args),
+        Command::DemoService { listen, label, error_rate, latency_ms } => {
+            demo::service::run(listen, label, demo::service::Faults { error_rate, latency_ms, ramp_ms: 0 })
+        }
+        Command::DemoHook { kind, dir } => demo::hook::run(kind, &dir),
         Command::Status(args) => cli::status(args),
         Command::Nodes(args) => cli::nodes(args),
         Command::Map(args) => cli::map(args),
         Command::Events(args) => cli::events(args),
+        Command::Rollout(args) => cli::rollout(args),
     }
 }
 

@@ -254,6 +254,18 @@ pub struct NodeView {
     /// `breaker_opened`, status changes, desired-state changes), oldest first; the journal has all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_events: Vec<JournalEntry>,
+    /// The version taking the node's traffic (a promoted rollout's), when control has set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_version: Option<String>,
+    /// Figures over analysis' window per version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, NodeStats>,
+    /// The node's healing ladder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healing: Option<crate::rollout::HealingView>,
+    /// The node's latest rollout, under way or finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutView>,
 }
 
 /// One proxy of a node.
@@ -617,6 +629,10 @@ mod tests {
                 breakers: vec![("payments-v2".to_owned(), "open".to_owned())],
             }),
             recent_events: Vec::new(),
+            serving_version: None,
+            versions: Default::default(),
+            healing: None,
+            rollout: None,
         };
         round_trip(
             view.clone(),
@@ -660,6 +676,10 @@ mod tests {
             desired_revision: 3,
             stats: None,
             recent_events: Vec::new(),
+            serving_version: None,
+            versions: Default::default(),
+            healing: None,
+            rollout: None,
         }
     }
 

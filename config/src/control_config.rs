@@ -156,11 +156,18 @@ pub struct Analysis {
     pub window: Duration,
     /// A node is degraded after this many breached windows in a row; at least 1. Default 3.
     pub breach_windows: u32,
+    /// After a remedy, how long a node gets to recover before it is regenerated. Default 30 s.
+    pub cooldown: Duration,
 }
 
 impl Default for Analysis {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(1), window: Duration::from_secs(10), breach_windows: 3 }
+        Self {
+            interval: Duration::from_secs(1),
+            window: Duration::from_secs(10),
+            breach_windows: 3,
+            cooldown: Duration::from_secs(30),
+        }
     }
 }
 

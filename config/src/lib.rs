@@ -15,6 +15,7 @@ mod load;
 mod model;
 mod raw;
 pub mod report;
+pub mod rollout;
 mod validate;
 
 pub use control_config::{load_control_file, load_control_str, ControlConfig};

@@ -126,9 +126,15 @@ impl Windows {
 
     /// A node's figures over the window, per version (all versions merged under `None`'s key `"*"`).
     pub fn merged(&self, node: &str, now_unix_ms: u64) -> BTreeMap<String, Merged> {
+        self.merged_since(node, 0, now_unix_ms)
+    }
+
+    /// Like [`Windows::merged`], counting only reports received after `since_unix_ms` (a rollout
+    /// step judges the traffic it saw itself).
+    pub fn merged_since(&self, node: &str, since_unix_ms: u64, now_unix_ms: u64) -> BTreeMap<String, Merged> {
         let mut merged: BTreeMap<String, Merged> = BTreeMap::new();
         let Some(window) = self.nodes.get(node) else { return merged };
-        let oldest = now_unix_ms.saturating_sub(self.window.as_millis() as u64);
+        let oldest = now_unix_ms.saturating_sub(self.window.as_millis() as u64).max(since_unix_ms);
         let first =
             window.entries.iter().find(|entry| entry.end_unix_ms >= oldest).map(|entry| entry.end_unix_ms);
         let span = Duration::from_millis(now_unix_ms.saturating_sub(first.unwrap_or(now_unix_ms)))

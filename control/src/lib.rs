@@ -1,8 +1,12 @@
 #![forbid(unsafe_code)]
 
+pub mod analysis;
+pub mod engine;
+pub mod healing;
 pub mod hooks;
 pub mod ingest;
 pub mod map;
+pub mod rollout;
 mod run;
 pub mod server;
 pub mod service;

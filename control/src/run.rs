@@ -1,5 +1,6 @@
-//! `remora control`: opens the store, rebuilds the map from it, serves the API, and watches node
-//! reachability every analysis interval, until the shutdown future resolves.
+//! `remora control`: opens the store, rebuilds the map from it, serves the API, watches node
+//! reachability every analysis interval and runs the healing engine, until the shutdown future
+//! resolves.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,13 +38,17 @@ pub async fn run(
     let service = Service::new(store, config.analysis.window.get(), interval * 3)
         .map_err(|source| RunError::Store { url: url.clone(), source })?;
     let service = Arc::new(service);
+    let engine = crate::engine::Engine::new(service.clone(), config.clone())
+        .map_err(|source| RunError::Store { url: url.clone(), source })?;
+    let engine = Arc::new(engine);
     let socket = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Bind { addr: config.listen, source })?;
     let addr = socket.local_addr().unwrap_or(config.listen);
     let _ = service.record("control_started", None, &new_trace_id(), json!({ "listen": addr.to_string() }));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let api = Arc::new(Api { service: service.clone(), token });
+    let api = Arc::new(Api { service: service.clone(), engine: engine.clone(), token });
+    let healing = tokio::spawn(engine.run(stop_rx.clone()));
     let server = tokio::spawn(server::serve(socket, api, stop_rx.clone()));
     let watcher = tokio::spawn({
         let (service, mut stop) = (service.clone(), stop_rx);
@@ -67,5 +72,6 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = watcher.await;
+    let _ = healing.await;
     Ok(())
 }

@@ -10,6 +10,9 @@
 //! | POST | `/v1/reports` | a proxy's `Report` → 204 |
 //! | GET | `/v1/events`, `/v1/map[?format=dot]` | the event/node map |
 //! | GET | `/v1/journal?after=SEQ&limit=N`, `/v1/journal/stream` | the journal; SSE with `Last-Event-ID` |
+//! | POST | `/v1/rollouts` | `RolloutStart` → 201 `RolloutView` (409 if one is under way) |
+//! | GET | `/v1/rollouts`, `/v1/rollouts/{node}` | every node's latest rollout, or one node's |
+//! | POST | `/v1/rollouts/{node}/{pause,resume,promote,abort}` | → 200 `RolloutView` |
 //! | GET | `/live` | no token: the process answers |
 
 use std::convert::Infallible;
@@ -26,10 +29,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use remora_config::control::{ApiError, DesiredUpdate, Registration};
 use remora_config::report::{Report, MAX_REPORT_BYTES};
+use remora_config::rollout::RolloutStart;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::engine::Engine;
 use crate::service::{new_trace_id, Refusal, Service};
 use crate::sse;
 
@@ -42,6 +47,7 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 
 pub struct Api {
     pub service: Arc<Service>,
+    pub engine: Arc<Engine>,
     pub token: String,
 }
 
@@ -131,6 +137,21 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
             },
             Err(response) => Ok(response),
         },
+        (Method::POST, ["v1", "rollouts"]) => {
+            match read_json::<RolloutStart>(request, MAX_BODY_BYTES).await {
+                Ok(start) => {
+                    api.engine.start(start, &trace_id).map(|rollout| json(StatusCode::CREATED, &rollout))
+                }
+                Err(response) => Ok(response),
+            }
+        }
+        (Method::GET, ["v1", "rollouts"]) => Ok(json(StatusCode::OK, &api.engine.rollouts())),
+        (Method::GET, ["v1", "rollouts", node]) => {
+            api.engine.rollout(node).map(|rollout| json(StatusCode::OK, &rollout))
+        }
+        (Method::POST, ["v1", "rollouts", node, action]) => {
+            api.engine.act(node, action).map(|rollout| json(StatusCode::OK, &rollout))
+        }
         (Method::GET, ["v1", "events"]) => Ok(json(StatusCode::OK, &service.events_json())),
         (Method::GET, ["v1", "map"]) => match param(&query, "format").as_deref() {
             Some("dot") => {
@@ -175,6 +196,10 @@ fn refused(path: &str, refusal: Refusal) -> Response<Body> {
             error(StatusCode::BAD_REQUEST, &message, Vec::new())
         }
         Refusal::NotFound(message) => error(StatusCode::NOT_FOUND, &message, Vec::new()),
+        Refusal::Conflict(message) => {
+            tracing::info!(%path, %message, "refused: conflict");
+            error(StatusCode::CONFLICT, &message, Vec::new())
+        }
         Refusal::Conflicts(conflicts) => {
             tracing::warn!(%path, conflicts = conflicts.conflicts.len(), "registration refused: conflicts");
             json(StatusCode::CONFLICT, &conflicts)

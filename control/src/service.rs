@@ -3,20 +3,21 @@
 //! Everything that must survive a restart goes through the [`Store`] (one transaction per change,
 //! journal entry included); the map and the windows are rebuilt from it or from fresh reports.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use remora_config::control::{
-    Conflict, ConflictKind, Conflicts, DesiredBackend, DesiredState, DesiredUpdate, JournalEntry, NodeStats,
-    NodeStatus, NodeView, ProxyView, Registered, Registration,
+    Conflict, ConflictKind, Conflicts, DesiredBackend, DesiredSplit, DesiredState, DesiredUpdate,
+    DesiredVersion, JournalEntry, NodeStats, NodeStatus, NodeView, ProxyView, Registered, Registration,
 };
 use remora_config::report::Report;
+use remora_config::rollout::{HealingView, RolloutView};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
-use crate::ingest::Windows;
+use crate::ingest::{Merged, Windows};
 use crate::map::{self, Map, NodeSpec};
 use crate::store::{JournalRecord, NewJournal, NodeRecord, Store, StoreError};
 
@@ -29,6 +30,9 @@ pub enum Refusal {
     NotFound(String),
     #[error("conflicts")]
     Conflicts(Conflicts),
+    /// The request contradicts the state (a second rollout for one node, say): 409.
+    #[error("{0}")]
+    Conflict(String),
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -48,6 +52,12 @@ pub struct Service {
     last_seq: AtomicU64,
     /// Per node, its latest journal entries.
     recent: Mutex<BTreeMap<String, std::collections::VecDeque<JournalEntry>>>,
+    /// Nodes the healing engine judges degraded (their status stays degraded while reports arrive).
+    degraded: Mutex<BTreeSet<String>>,
+    /// Per node, its healing ladder and latest rollout as the engine last published them.
+    loop_views: Mutex<BTreeMap<String, (HealingView, Option<RolloutView>)>>,
+    /// Woken by every report taken, so that rollouts are judged as soon as figures arrive.
+    pub reported: tokio::sync::Notify,
 }
 
 /// How many journal entries a node view shows.
@@ -71,6 +81,9 @@ impl Service {
             journal,
             unreachable_after,
             recent: Mutex::default(),
+            degraded: Mutex::default(),
+            loop_views: Mutex::default(),
+            reported: tokio::sync::Notify::new(),
             last_seq: AtomicU64::new(store.journal_after(0, usize::MAX)?.last().map_or(0, |entry| entry.seq)),
             store,
         })
@@ -216,7 +229,17 @@ impl Service {
             let detail = json!({ "proxy": report.proxy, "cluster": event.cluster, "event": event.kind, "detail": event.detail });
             self.record("proxy_event", Some(&report.node), trace_id, detail)?;
         }
-        self.set_status(&report.node, NodeStatus::Healthy, "reports arrive", trace_id)?;
+        if lock(&self.degraded).contains(&report.node) {
+            self.set_status(
+                &report.node,
+                NodeStatus::Degraded,
+                "reports arrive; the node is degraded",
+                trace_id,
+            )?;
+        } else {
+            self.set_status(&report.node, NodeStatus::Healthy, "reports arrive", trace_id)?;
+        }
+        self.reported.notify_one();
         Ok(())
     }
 
@@ -255,6 +278,7 @@ impl Service {
         Ok(())
     }
 
+    /// An operator's route weights. The node's split stays as the rollout engine set it.
     pub fn put_desired(
         &self,
         node: &str,
@@ -264,6 +288,11 @@ impl Service {
         if self.store.node(node)?.is_none() {
             return Err(Refusal::NotFound(format!("unknown node {node:?}")));
         }
+        if update.split.is_some() {
+            return Err(Refusal::BadRequest(
+                "split is set by rollouts: start one with POST /v1/rollouts (remora rollout start)".into(),
+            ));
+        }
         for (route, backends) in &update.routes {
             if backends.is_empty() || backends.iter().all(|backend| backend.weight == 0) {
                 return Err(Refusal::BadRequest(format!(
@@ -271,15 +300,52 @@ impl Service {
                 )));
             }
         }
+        let split = self.desired(node)?.split;
         let routes = serde_json::to_value(&update.routes).unwrap_or(Value::Null);
+        let detail = json!({ "routes": routes });
+        self.write_desired(
+            node,
+            DesiredUpdate { routes: update.routes, split },
+            "desired_changed",
+            detail,
+            trace_id,
+        )
+    }
+
+    /// The rollout engine's split of the node's traffic between its versions; the operator's route
+    /// weights stay. Journaled as `kind` with `detail` (an object; the store adds the revision).
+    pub fn put_split(
+        &self,
+        node: &str,
+        split: DesiredSplit,
+        kind: &str,
+        mut detail: Value,
+        trace_id: &str,
+    ) -> Result<DesiredState, Refusal> {
+        let routes = self.desired(node)?.routes;
+        if let Value::Object(fields) = &mut detail {
+            fields.insert("split".into(), serde_json::to_value(&split).unwrap_or(Value::Null));
+        }
+        self.write_desired(node, DesiredUpdate { routes, split: Some(split) }, kind, detail, trace_id)
+    }
+
+    fn write_desired(
+        &self,
+        node: &str,
+        update: DesiredUpdate,
+        kind: &str,
+        detail: Value,
+        trace_id: &str,
+    ) -> Result<DesiredState, Refusal> {
+        let stored = serde_json::to_value(&update).unwrap_or(Value::Null);
         let journal = NewJournal {
             unix_ms: now_ms(),
             trace_id: trace_id.to_owned(),
-            kind: "desired_changed".into(),
+            kind: kind.to_owned(),
             node: Some(node.to_owned()),
-            detail: json!({ "routes": routes }),
+            detail,
         };
-        let revision = self.store.put_desired(node, &routes, &journal)?;
+        let revision = self.store.put_desired(node, &stored, &journal)?;
         // The journal entry went in with the revision, in one transaction; read back for the stream.
         let seen = self.last_seq.load(Ordering::Relaxed);
         for entry in self.store.journal_after(seen, 64)? {
@@ -287,7 +353,7 @@ impl Service {
             self.publish(journal_entry(entry));
         }
         self.desired_changed.send_modify(|generation| *generation += 1);
-        Ok(DesiredState { node: node.to_owned(), revision, routes: update.routes, split: None })
+        Ok(DesiredState { node: node.to_owned(), revision, routes: update.routes, split: update.split })
     }
 
     pub fn desired(&self, node: &str) -> Result<DesiredState, Refusal> {
@@ -295,13 +361,25 @@ impl Service {
             return Err(Refusal::NotFound(format!("unknown node {node:?}")));
         }
         Ok(match self.store.desired(node)? {
-            Some(desired) => DesiredState {
-                node: node.to_owned(),
-                revision: desired.revision,
-                routes: serde_json::from_value::<BTreeMap<String, Vec<DesiredBackend>>>(desired.routes)
-                    .unwrap_or_default(),
-                split: None,
-            },
+            Some(desired) => {
+                // Stored as a `DesiredUpdate`; a bare route map is the first schema's form.
+                let update =
+                    serde_json::from_value::<DesiredUpdate>(desired.routes.clone()).unwrap_or_else(|_| {
+                        DesiredUpdate {
+                            routes: serde_json::from_value::<BTreeMap<String, Vec<DesiredBackend>>>(
+                                desired.routes,
+                            )
+                            .unwrap_or_default(),
+                            split: None,
+                        }
+                    });
+                DesiredState {
+                    node: node.to_owned(),
+                    revision: desired.revision,
+                    routes: update.routes,
+                    split: update.split,
+                }
+            }
             None => DesiredState { node: node.to_owned(), revision: 0, routes: BTreeMap::new(), split: None },
         })
     }
@@ -365,19 +443,28 @@ impl Service {
                 last_report_unix_ms: Some(seen.last_unix_ms),
             });
         }
-        let stats = merged.get("*").map(|all| NodeStats {
-            window_seconds: all.span.as_secs_f64(),
-            requests: all.counts.requests,
-            rps: all.rps(),
-            success_rate: all.counts.success_rate(),
-            p50_ms: all.p(0.5),
-            p99_ms: all.p(0.99),
-            breakers: seen
-                .values()
-                .flat_map(|seen| seen.breakers.iter())
-                .map(|(cluster, state)| (cluster.clone(), format!("{state:?}").to_lowercase()))
-                .collect(),
-        });
+        let breakers: Vec<(String, String)> = seen
+            .values()
+            .flat_map(|seen| seen.breakers.iter())
+            .map(|(cluster, state)| (cluster.clone(), format!("{state:?}").to_lowercase()))
+            .collect();
+        let figures = |merged: &Merged, breakers: Vec<(String, String)>| NodeStats {
+            window_seconds: merged.span.as_secs_f64(),
+            requests: merged.counts.requests,
+            rps: merged.rps(),
+            success_rate: merged.counts.success_rate(),
+            p50_ms: merged.p(0.5),
+            p99_ms: merged.p(0.99),
+            breakers,
+        };
+        let stats = merged.get("*").map(|all| figures(all, breakers));
+        let versions = merged
+            .iter()
+            .filter(|(version, _)| version.as_str() != "*")
+            .map(|(version, merged)| (version.clone(), figures(merged, Vec::new())))
+            .collect();
+        let desired = self.desired(&record.name)?;
+        let (healing, rollout) = lock(&self.loop_views).get(&record.name).cloned().unzip();
         let status =
             lock(&self.statuses).get(&record.name).copied().unwrap_or_else(|| status_of(&record.status));
         Ok(NodeView {
@@ -398,13 +485,85 @@ impl Service {
                 .unwrap_or_default(),
             proxies: proxies.into_values().collect(),
             last_report_unix_ms: last_report,
-            desired_revision: self.store.desired(&record.name)?.map_or(0, |desired| desired.revision),
+            desired_revision: desired.revision,
             stats,
+            serving_version: desired.split.map(|split| split.stable.version),
+            versions,
+            healing,
+            rollout: rollout.flatten(),
             recent_events: lock(&self.recent)
                 .get(&record.name)
                 .map(|recent| recent.iter().cloned().collect())
                 .unwrap_or_default(),
         })
+    }
+
+    /// The nodes control knows, by name.
+    pub fn node_names(&self) -> Vec<String> {
+        lock(&self.statuses).keys().cloned().collect()
+    }
+
+    /// A node's figures per version (and `"*"`) over the window, counting reports after `since`.
+    pub fn merged_since(&self, node: &str, since_unix_ms: u64, now_unix_ms: u64) -> BTreeMap<String, Merged> {
+        lock(&self.windows).merged_since(node, since_unix_ms, now_unix_ms)
+    }
+
+    /// The node's proxies that reported recently, each with the desired revision it last acked.
+    pub fn live_proxies(&self, node: &str) -> Vec<(String, Option<u64>)> {
+        let now = now_ms();
+        let silent_after = self.unreachable_after.as_millis() as u64;
+        lock(&self.windows)
+            .proxies(node)
+            .into_iter()
+            .filter(|(_, seen)| now.saturating_sub(seen.last_unix_ms) <= silent_after)
+            .map(|(proxy, seen)| (proxy, seen.desired_revision))
+            .collect()
+    }
+
+    /// The node as its proxy registered it.
+    pub fn registration(&self, node: &str) -> Result<Option<Registration>, StoreError> {
+        Ok(self.store.node(node)?.and_then(|record| serde_json::from_value(record.spec).ok()))
+    }
+
+    /// The version serving the node: the stable version of its split, else the registered one (its
+    /// endpoints then are the proxies' own clusters').
+    pub fn serving(&self, node: &str) -> Result<DesiredVersion, Refusal> {
+        if let Some(split) = self.desired(node)?.split {
+            return Ok(split.stable);
+        }
+        let record =
+            self.store.node(node)?.ok_or_else(|| Refusal::NotFound(format!("unknown node {node:?}")))?;
+        Ok(DesiredVersion { version: record.version, endpoints: Vec::new() })
+    }
+
+    /// Marks a node degraded (or not) for the healing engine; the status follows.
+    pub fn set_degraded(
+        &self,
+        node: &str,
+        degraded: bool,
+        reason: &str,
+        trace_id: &str,
+    ) -> Result<(), StoreError> {
+        let changed = if degraded {
+            lock(&self.degraded).insert(node.to_owned())
+        } else {
+            lock(&self.degraded).remove(node)
+        };
+        let current = lock(&self.statuses).get(node).copied();
+        if changed && current != Some(NodeStatus::Unreachable) {
+            let status = if degraded { NodeStatus::Degraded } else { NodeStatus::Healthy };
+            self.set_status(node, status, reason, trace_id)?;
+        }
+        Ok(())
+    }
+
+    /// What the healing engine shows for a node.
+    pub fn publish_loop(&self, node: &str, healing: HealingView, rollout: Option<RolloutView>) {
+        lock(&self.loop_views).insert(node.to_owned(), (healing, rollout));
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     pub fn events_json(&self) -> Value {

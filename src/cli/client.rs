@@ -6,10 +6,10 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -79,7 +79,7 @@ pub struct Control {
     /// `http://host:port` plus any path prefix, without a trailing slash.
     base: String,
     token: Option<String>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Control {
@@ -116,8 +116,47 @@ impl Control {
         accept: &str,
         last_event_id: Option<&str>,
     ) -> Result<Response<Incoming>, Error> {
+        self.send(Method::GET, url, accept, last_event_id, None).await
+    }
+
+    /// `POST url` with a JSON body, and the JSON answer, within [`REQUEST_TIMEOUT`].
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        expected: &'static str,
+    ) -> Result<serde_json::Value, Error> {
+        let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        let exchange = async {
+            let response = self.send(Method::POST, url, "application/json", None, Some(body)).await?;
+            read_body(response.into_body())
+                .await
+                .map_err(|reason| Error::Dropped { control: self.base.clone(), reason })
+        };
+        let body = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(result) => result?,
+            Err(_) => return Err(Error::TimedOut { control: self.base.clone(), after: REQUEST_TIMEOUT }),
+        };
+        serde_json::from_slice(&body).map_err(|error| Error::Unexpected {
+            url: url.to_owned(),
+            expected,
+            detail: format!("the body is not JSON ({error}): {}", excerpt(&body)),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        accept: &str,
+        last_event_id: Option<&str>,
+        body: Option<Bytes>,
+    ) -> Result<Response<Incoming>, Error> {
         let uri: Uri = url.parse().map_err(|error| Error::Usage(format!("invalid URL {url}: {error}")))?;
-        let mut request = Request::get(uri).header(ACCEPT, accept);
+        let mut request = Request::builder().method(method).uri(uri).header(ACCEPT, accept);
+        if body.is_some() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
         if let Some(token) = &self.token {
             let value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
                 Error::Usage("the token contains characters a header cannot carry".to_owned())
@@ -130,7 +169,7 @@ impl Control {
             request = request.header("last-event-id", value);
         }
         let request = request
-            .body(Empty::new())
+            .body(Full::new(body.unwrap_or_default()))
             .map_err(|error| Error::Usage(format!("cannot build a request: {error}")))?;
         let response = self.client.request(request).await.map_err(|error| self.request_failed(&error))?;
         let status = response.status();

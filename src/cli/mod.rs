@@ -1,12 +1,15 @@
-//! The control client commands: `remora status`, `nodes`, `map` and `events`. Each reads the control
+//! The control client commands: `remora status`, `nodes`, `map`, `events` and `rollout`. Each reads the control
 //! API (`/v1/...`, see control's `server.rs`) over HTTP/1.1 with hyper-util's client on a current-thread
 //! runtime, and prints a table for people or, with `--json`, the API's JSON for scripts. Any failure
 //! is one clear line on stderr and exit code 1.
 
-mod client;
+pub(crate) mod client;
 mod events;
 mod render;
+mod rollout;
 mod sse;
+
+pub use rollout::RolloutArgs;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -109,6 +112,11 @@ pub fn events(args: EventsArgs) -> ExitCode {
         json: args.connection.json,
     };
     run("events", &args.connection, |control| async move { events::run(&control, options).await })
+}
+
+pub fn rollout(args: RolloutArgs) -> ExitCode {
+    let connection = args.connection.clone();
+    run("rollout", &connection, |control| async move { rollout::run(&control, args).await })
 }
 
 /// Why a command stopped early: the API failed it, or stdout went away.

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use remora_config::control::{JournalEntry, NodeStats, NodeStatus, NodeView, ProxyView};
+use remora_config::control::{DesiredVersion, JournalEntry, NodeStats, NodeStatus, NodeView, ProxyView};
+use remora_config::rollout::RolloutView;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -130,6 +131,22 @@ pub fn node_details(node: &NodeView, now_ms: u64) -> String {
         ("desired", format!("revision {}", node.desired_revision)),
         ("last report", ago(node.last_report_unix_ms, now_ms)),
     ];
+    if let Some(serving) = &node.serving_version {
+        fields.push(("serving", serving.clone()));
+    }
+    if let Some(healing) = &node.healing {
+        let mut text = healing.phase.clone();
+        if let Some(reason) = &healing.reason {
+            let _ = write!(text, ": {}", one_line(reason));
+        }
+        if healing.breaches > 0 {
+            let _ = write!(text, " ({} breached windows in a row)", healing.breaches);
+        }
+        fields.push(("healing", text));
+    }
+    if let Some(rollout) = &node.rollout {
+        fields.push(("rollout", rollout_line(rollout)));
+    }
     match &node.stats {
         Some(stats) => fields.extend(stats_fields(stats)),
         None => fields.push(("stats", "none yet (no report judged)".to_owned())),
@@ -156,6 +173,74 @@ pub fn node_details(node: &NodeView, now_ms: u64) -> String {
             })
             .collect();
         out.push_str(&table("  ", &headers, &rows));
+    }
+    out
+}
+
+/// `progressing v2 at 25% (step 2/4), 0/1 failed checks`.
+fn rollout_line(rollout: &RolloutView) -> String {
+    let mut text = format!(
+        "{} {} at {}% (step {}/{}), {}/{} failed checks",
+        rollout.phase,
+        one_line(&rollout.canary.version),
+        rollout.weight,
+        rollout.step + 1,
+        rollout.steps.len(),
+        rollout.failed_checks,
+        rollout.max_failed_checks
+    );
+    if let Some(reason) = &rollout.reason {
+        let _ = write!(text, ": {}", one_line(reason));
+    }
+    text
+}
+
+fn version_text(version: &DesiredVersion) -> String {
+    if version.endpoints.is_empty() {
+        one_line(&version.version)
+    } else {
+        format!(
+            "{} on {}",
+            one_line(&version.version),
+            list(version.endpoints.iter().map(|endpoint| one_line(endpoint)))
+        )
+    }
+}
+
+/// `pass: 120 requests, 100% ok, p99 3.0ms` from a verdict's JSON.
+fn verdict_text(verdict: Option<&Value>) -> String {
+    let Some(verdict) = verdict else { return dash() };
+    let name = verdict.get("verdict").and_then(Value::as_str).unwrap_or("?");
+    let symptoms = verdict.get("symptoms");
+    let number = |key: &str| symptoms.and_then(|symptoms| symptoms.get(key)).and_then(Value::as_f64);
+    format!(
+        "{name}: {} requests, {} ok, p99 {}",
+        number("requests").unwrap_or(0.0),
+        number("success_rate").map_or_else(dash, percent),
+        number("p99_ms").map_or_else(dash, millis)
+    )
+}
+
+/// `rollout status`: one rollout in detail.
+pub fn rollout(rollout: &RolloutView, now_ms: u64) -> String {
+    let applied = if rollout.acked { "applied by every proxy" } else { "not yet applied by every proxy" };
+    let fields = [
+        ("rollout", format!("{} ({})", one_line(&rollout.id), rollout.origin)),
+        ("node", one_line(&rollout.node)),
+        ("phase", rollout_line(rollout)),
+        ("stable", version_text(&rollout.stable)),
+        ("canary", version_text(&rollout.canary)),
+        ("steps", list(rollout.steps.iter().map(|step| format!("{step}%")))),
+        ("started", ago(Some(rollout.started_unix_ms), now_ms)),
+        ("step since", ago(Some(rollout.step_started_unix_ms), now_ms)),
+        ("pushed", format!("revision {}, {applied}", rollout.revision)),
+        ("canary says", verdict_text(rollout.canary_verdict.as_ref())),
+        ("stable says", verdict_text(rollout.stable_verdict.as_ref())),
+    ];
+    let width = fields.iter().map(|(key, _)| key.len()).max().unwrap_or(0) + 2;
+    let mut out = String::new();
+    for (key, value) in &fields {
+        let _ = writeln!(out, "{:<width$}{value}", format!("{key}:"));
     }
     out
 }
@@ -564,6 +649,10 @@ mod tests {
                 breakers: vec![("payments-v2".to_owned(), "open".to_owned())],
             }),
             recent_events: Vec::new(),
+            serving_version: None,
+            versions: Default::default(),
+            healing: None,
+            rollout: None,
         }
     }
 
@@ -580,6 +669,10 @@ mod tests {
             desired_revision: 0,
             stats: None,
             recent_events: Vec::new(),
+            serving_version: None,
+            versions: Default::default(),
+            healing: None,
+            rollout: None,
         }
     }
 

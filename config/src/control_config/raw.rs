@@ -20,6 +20,7 @@ pub struct RawAnalysis {
     pub interval: Option<Duration>,
     pub window: Option<Duration>,
     pub breach_windows: Option<u32>,
+    pub cooldown: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -63,7 +63,12 @@ fn empty_file_gives_the_documented_defaults() {
     assert_eq!(config.token, None);
     assert_eq!(
         config.analysis,
-        Analysis { interval: Duration::from_secs(1), window: Duration::from_secs(10), breach_windows: 3 }
+        Analysis {
+            interval: Duration::from_secs(1),
+            window: Duration::from_secs(10),
+            breach_windows: 3,
+            cooldown: Duration::from_secs(30)
+        }
     );
     assert_eq!(
         config.rollout,

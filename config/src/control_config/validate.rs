@@ -125,6 +125,7 @@ impl Checker<'_> {
             interval: raw.interval.unwrap_or(defaults.interval),
             window: raw.window.unwrap_or(defaults.window),
             breach_windows: raw.breach_windows.unwrap_or(defaults.breach_windows),
+            cooldown: raw.cooldown.unwrap_or(defaults.cooldown),
         };
         self.positive(analysis.interval, "analysis.interval");
         self.positive(analysis.window, "analysis.window");

@@ -439,6 +439,7 @@ impl Poller {
         // A refusal is logged and counted by the reloader; the running configuration keeps serving.
         if let Ok(applied) = self.reloader.apply_desired(desired, "control").await {
             self.link.applied.store(revision, Ordering::Release);
+            self.link.report_now.notify_one();
             tracing::info!(revision, generation = applied.generation, "desired state applied");
         }
     }

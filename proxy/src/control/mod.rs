@@ -45,6 +45,9 @@ struct Link {
     registrations: watch::Sender<Registrations>,
     /// Set when the desired-state loop hears that control does not know the node.
     reregister: Notify,
+    /// Set when a desired state was applied: the ack goes out in a report at once, not at the next
+    /// interval (a rollback is over when every proxy has acked it).
+    report_now: Notify,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -103,6 +103,7 @@ impl Session {
                 _ = stop.changed() => Wake::Stop,
                 _ = self.link.reregister.notified() => Wake::Reregister,
                 _ = ticks.tick() => Wake::Tick,
+                _ = self.link.report_now.notified() => Wake::Tick,
                 _ = sleep_until(retry_at), if retry_at.is_some() => Wake::Retry,
             };
             match wake {
