@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod inject;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -83,6 +84,8 @@ enum Command {
     Events(cli::EventsArgs),
     /// Roll a new version of a node out as a canary, or pause, resume, promote, abort or show one.
     Rollout(cli::RolloutArgs),
+    /// Add the remora init container and proxy sidecar to the pods of Kubernetes YAML (stdout).
+    Inject(inject::InjectArgs),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Map(args) => cli::map(args),
         Command::Events(args) => cli::events(args),
         Command::Rollout(args) => cli::rollout(args),
+        Command::Inject(args) => inject::run(args),
     }
 }
 
