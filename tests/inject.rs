@@ -273,7 +273,7 @@ fn a_bad_annotation_exits_2_naming_the_document_object_and_annotation() {
     assert!(output.stdout.is_empty(), "nothing on stdout after an error");
     assert!(
         message.contains(
-            r#"document 2 (deployment/web): annotation remora.io/skip-inbound-ports: "22,ssh" "ssh" is not a port"#
+            r#"document 2 (deployment/web): annotation remora.io/skip-inbound-ports: "22,ssh": "ssh" is not a port"#
         ),
         "{message}"
     );

@@ -158,7 +158,7 @@ impl fmt::Display for Error {
         match self {
             Error::Yaml { document, message } => write!(f, "document {document}: invalid YAML: {message}"),
             Error::Annotation { document, object, annotation, value, reason } => {
-                write!(f, "document {document} ({object}): annotation {annotation}: {value:?} {reason}")
+                write!(f, "document {document} ({object}): annotation {annotation}: {value:?}: {reason}")
             }
             Error::Shape { document, object, path, reason } => {
                 write!(f, "document {document} ({object}): {path} {reason}")

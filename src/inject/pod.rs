@@ -135,7 +135,7 @@ fn annotation(annotations: Option<&Value>, name: &'static str) -> Result<Option<
 /// A comma-separated list of ports (1-65535), spaces around each allowed: `"22, 5432"`.
 pub fn parse_ports(text: &str) -> Result<Vec<u16>, String> {
     if text.trim().is_empty() {
-        return Err("is empty: give ports separated by commas, e.g. \"22,5432\"".to_owned());
+        return Err("no ports: give ports separated by commas, e.g. \"22,5432\"".to_owned());
     }
     text.split(',')
         .map(|item| {

@@ -249,17 +249,17 @@ fn bad_annotations_are_errors_naming_the_document_object_and_annotation() {
     for (annotation, expected) in [
         (
             "remora.io/skip-inbound-ports: '22,ssh'",
-            r#"document 2 (deployment/web): annotation remora.io/skip-inbound-ports: "22,ssh" "ssh" is not a port"#,
+            r#"document 2 (deployment/web): annotation remora.io/skip-inbound-ports: "22,ssh": "ssh" is not a port"#,
         ),
         (
             "remora.io/skip-outbound-ports: '70000'",
-            r#"document 2 (deployment/web): annotation remora.io/skip-outbound-ports: "70000" "70000" is not a port"#,
+            r#"document 2 (deployment/web): annotation remora.io/skip-outbound-ports: "70000": "70000" is not a port"#,
         ),
         ("remora.io/skip-outbound-ports: '0'", r#""0" is not a port"#),
-        ("remora.io/skip-outbound-ports: ''", "remora.io/skip-outbound-ports: \"\" is empty"),
+        ("remora.io/skip-outbound-ports: ''", "remora.io/skip-outbound-ports: \"\": no ports"),
         (
             "remora.io/inject: disbled",
-            r#"annotation remora.io/inject: "disbled" must be "enabled" or "disabled""#,
+            r#"annotation remora.io/inject: "disbled": must be "enabled" or "disabled""#,
         ),
     ] {
         let message = error(&with(annotation)).to_string();
