@@ -1,0 +1,510 @@
+//! The self-healing loop with every part real: control, a proxy reporting to it, upstreams whose
+//! behaviour the test changes, and hooks that are shell scripts. A degraded node climbs the whole
+//! ladder to a promoted regenerated version; a bad canary is rolled back at its first step; an
+//! operator pauses, resumes and aborts; a hanging hook leaves the node held on its version; control
+//! restarted mid-rollout resumes it; a rollout without traffic is never promoted.
+
+mod common;
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::control::{Control, TOKEN};
+use common::load::Load;
+use common::*;
+use http::Method;
+use serde_json::{json, Value};
+
+/// A proxy for node `payments` v1 (cluster `stable`), reporting every 200 ms.
+fn proxy_config(control: SocketAddr, token_file: &Path, stable: SocketAddr) -> String {
+    config(
+        r#"{ADMIN}
+[node]
+name = "payments"
+version = "v1"
+
+[control]
+url = "http://{CONTROL}"
+token_file = "{TOKEN_FILE}"
+report_interval = "200ms"
+
+{LISTENER}
+[[routes]]
+name = "api"
+backends = [{ cluster = "stable", weight = 100 }]
+
+[clusters.stable]
+version = "v1"
+endpoints = ["{STABLE}"]
+"#,
+        &[("CONTROL", &control as &dyn Display), ("TOKEN_FILE", &token_file.display()), ("STABLE", &stable)],
+    )
+}
+
+/// Control's `[analysis]` tail, `[rollout]` and the node's policy; `hooks` is TOML for `[[nodes]]`.
+fn control_extra(rollout: &str, hooks: &str) -> String {
+    format!(
+        "breach_windows = 3\ncooldown = \"600ms\"\n\n[rollout]\n{rollout}\n\n[[nodes]]\nname = \"payments\"\nslo = {{ success_rate = 0.95, min_requests = 10 }}\n{hooks}\n"
+    )
+}
+
+const FAST_ROLLOUT: &str =
+    "steps = [10, 50, 100]\nstep_interval = \"600ms\"\nmax_failed_checks = 1\nprogress_deadline = \"20s\"";
+
+/// A hook script in `dir`: saves its input to `NAME.json`, then runs `then`.
+fn hook_script(dir: &Path, name: &str, then: &str) -> String {
+    let script = dir.join(format!("{name}.sh"));
+    let input = dir.join(format!("{name}.json"));
+    std::fs::write(&script, format!("cat > '{}'\n{then}\n", input.display())).expect("hook script");
+    format!("{{ command = [\"sh\", \"{}\"], timeout = \"2s\" }}", script.display())
+}
+
+struct Mesh {
+    dir: tempfile::TempDir,
+    /// `None` only while it restarts.
+    control_slot: Option<Control>,
+    proxy: Proxy,
+    stable: Chaos,
+}
+
+impl Mesh {
+    async fn start(extra: impl FnOnce(&Path) -> String) -> Mesh {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+        let control = Control::start_in(dir.path().to_owned(), &extra(dir.path())).await;
+        let stable = Chaos::start("v1").await;
+        let proxy = Proxy::start(&proxy_config(control.addr, &token_file, stable.addr)).await;
+        let mesh = Mesh { dir, control_slot: Some(control), proxy, stable };
+        mesh.wait_node("the node registered", |node| node["status"] != "unreachable").await;
+        mesh
+    }
+
+    fn control(&self) -> &Control {
+        self.control_slot.as_ref().expect("control is running")
+    }
+
+    /// kill -9, then a new control on the same port and store.
+    async fn restart_control(&mut self, extra: &str) {
+        let control = self.control_slot.take().expect("control is running");
+        let (dir, addr) = (control.dir.clone(), control.addr);
+        control.kill9().await;
+        self.control_slot = Some(Control::start_at(dir, &addr.to_string(), extra).await);
+    }
+
+    async fn journal(&self) -> Vec<Value> {
+        let (status, entries) =
+            self.control().call(Method::GET, "/v1/journal?after=0&limit=10000", None).await;
+        assert_eq!(status, 200, "{entries}");
+        entries.as_array().cloned().unwrap_or_default()
+    }
+
+    /// The kinds of the node's journal entries, in order.
+    async fn kinds(&self) -> Vec<String> {
+        self.journal()
+            .await
+            .iter()
+            .filter(|entry| entry["node"] == "payments")
+            .filter_map(|entry| entry["kind"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits (bounded by `TIMEOUT`) for a journal entry of `kind` that `matches`; on timeout the
+    /// failure shows the journal.
+    async fn wait_entry(&self, kind: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let found = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                if let Some(entry) =
+                    self.journal().await.into_iter().find(|entry| entry["kind"] == kind && matches(entry))
+                {
+                    return entry;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        match found {
+            Ok(entry) => entry,
+            Err(_) => {
+                let journal: Vec<String> = self
+                    .journal()
+                    .await
+                    .iter()
+                    .map(|entry| format!("{} {}", entry["kind"], entry["detail"]))
+                    .collect();
+                panic!("no {kind} entry within {TIMEOUT:?}; the journal:\n{}", journal.join("\n"))
+            }
+        }
+    }
+
+    async fn node(&self) -> Value {
+        let (status, node) = self.control().call(Method::GET, "/v1/nodes/payments", None).await;
+        assert_eq!(status, 200, "{node}");
+        node
+    }
+
+    async fn wait_node(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        within(what, async {
+            loop {
+                let (status, node) = self.control().call(Method::GET, "/v1/nodes/payments", None).await;
+                if status == 200 && matches(&node) {
+                    return node;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+    }
+
+    async fn start_rollout(&self, canary: SocketAddr, steps: Option<&[u32]>) -> Value {
+        let mut body = json!({ "node": "payments", "version": "v2", "endpoints": [canary.to_string()] });
+        if let Some(steps) = steps {
+            body["steps"] = json!(steps);
+        }
+        let (status, rollout) = self.control().call(Method::POST, "/v1/rollouts", Some(&body)).await;
+        assert_eq!(status, 201, "{rollout:#}");
+        rollout
+    }
+
+    async fn act(&self, action: &str) -> (u16, Value) {
+        self.control().call(Method::POST, &format!("/v1/rollouts/payments/{action}"), Some(&json!({}))).await
+    }
+
+    /// Who answers `count` requests through the proxy: (label, status) per request.
+    async fn answers(&self, count: usize) -> Vec<(String, u16)> {
+        let client = h1_client();
+        let mut answers = Vec::new();
+        for _ in 0..count {
+            let reply = get(&client, &self.proxy.url("/")).await;
+            answers.push((reply.upstream.unwrap_or_else(|| "-".to_owned()), reply.status));
+        }
+        answers
+    }
+}
+
+/// `needle` entries appear in `kinds` in this order (others may sit between them).
+fn in_order(kinds: &[String], needles: &[&str]) -> bool {
+    let mut rest = kinds.iter();
+    needles.iter().all(|needle| rest.any(|kind| kind == needle))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_node_is_remedied_then_regenerated_and_the_new_version_promoted() {
+    let canary = Chaos::start("v2").await;
+    let canary_addr = canary.addr;
+    let mesh = Mesh::start(|dir| {
+        let answer = format!("echo '{{\"version\": \"v2\", \"endpoints\": [\"{canary_addr}\"]}}'");
+        control_extra(
+            FAST_ROLLOUT,
+            &format!(
+                "hooks.remediate = {}\nhooks.regenerate = {}\nhooks.retire = {}",
+                hook_script(dir, "remediate", "echo '{\"remedied\": false}'"),
+                hook_script(dir, "regenerate", &answer),
+                hook_script(dir, "retire", "true"),
+            ),
+        )
+    })
+    .await;
+    let load = Load::start(&mesh.proxy.url("/"), 2);
+    mesh.wait_node("healthy with traffic", |node| {
+        node["status"] == "healthy" && node["stats"]["requests"].as_u64() >= Some(50)
+    })
+    .await;
+
+    // v1 starts failing every request.
+    mesh.stable.set(Behaviour::Status(500));
+    let healed = mesh.wait_entry("healed", |_| true).await;
+    assert_eq!(healed["detail"]["version"], "v2", "{healed:#}");
+    let kinds = mesh.kinds().await;
+    let ladder = [
+        "degraded",
+        "remediating",
+        "remediated",
+        "remedy_did_not_help",
+        "regenerating",
+        "regenerated",
+        "rollout_started",
+        "rollout_step",
+        "rollout_step",
+        "rollout_promoting",
+        "rollout_succeeded",
+        "healed",
+    ];
+    assert!(in_order(&kinds, &ladder), "the journal: {kinds:?}");
+    assert!(!kinds.iter().any(|kind| kind == "rollout_rolled_back" || kind == "held"), "{kinds:?}");
+
+    // The numbers behind each step are in the journal and in the hooks' inputs.
+    let degraded = mesh.wait_entry("degraded", |_| true).await;
+    let constraint = degraded["detail"]["constraints"][0].as_str().unwrap_or_default().to_owned();
+    assert!(constraint.starts_with("success rate must be >= 95%; measured "), "{degraded:#}");
+    let remediate: Value = serde_json::from_slice(
+        &std::fs::read(mesh.dir.path().join("remediate.json")).expect("remediate input"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        (remediate["hook"].as_str(), remediate["node"].as_str()),
+        (Some("remediate"), Some("payments"))
+    );
+    assert!(remediate["symptoms"]["requests"].as_u64() >= Some(10), "{remediate:#}");
+    let regenerate: Value = serde_json::from_slice(
+        &std::fs::read(mesh.dir.path().join("regenerate.json")).expect("regenerate input"),
+    )
+    .expect("JSON");
+    assert_eq!(regenerate["version"], "v1");
+    assert_eq!(regenerate["spec"]["node"], "payments", "{regenerate:#}");
+    assert!(
+        regenerate["constraints"].as_array().is_some_and(|list| list.iter().any(|constraint| constraint
+            .as_str()
+            .is_some_and(|text| text.starts_with("success rate must be >= 95%")))),
+        "{regenerate:#}"
+    );
+    let retired = mesh.wait_entry("retired", |_| true).await;
+    assert_eq!(retired["detail"]["version"], "v1");
+    let retire: Value =
+        serde_json::from_slice(&std::fs::read(mesh.dir.path().join("retire.json")).expect("retire input"))
+            .expect("JSON");
+    assert_eq!(
+        (retire["version"].as_str(), retire["replaced_by"]["version"].as_str()),
+        (Some("v1"), Some("v2"))
+    );
+
+    // v2 serves everything; the node is healthy again.
+    let node = mesh
+        .wait_node("healthy again on v2", |node| {
+            node["status"] == "healthy" && node["serving_version"] == "v2"
+        })
+        .await;
+    assert_eq!(node["healing"]["phase"], "healthy", "{node:#}");
+    assert_eq!(node["rollout"]["phase"], "succeeded", "{node:#}");
+    let (sent, _failed) = load.stop().await;
+    assert!(sent > 100, "{sent} requests sent");
+    let answers = mesh.answers(20).await;
+    assert!(answers.iter().all(|answer| answer == &("v2".to_owned(), 200)), "{answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_canary_is_rolled_back_at_its_first_step_and_the_stable_version_is_untouched() {
+    let mesh = Mesh::start(|_| control_extra(FAST_ROLLOUT, "")).await;
+    let canary = Chaos::start_with("v2", Behaviour::Status(500)).await;
+    let load = Load::start(&mesh.proxy.url("/"), 2);
+    mesh.wait_node("traffic in control's stats", |node| node["stats"]["requests"].as_u64() >= Some(200))
+        .await;
+    let before = mesh.stable.requests();
+
+    let rollout = mesh.start_rollout(canary.addr, None).await;
+    assert_eq!((rollout["phase"].as_str(), rollout["weight"].as_u64()), (Some("progressing"), Some(10)));
+    let id = rollout["id"].as_str().expect("id").to_owned();
+    let rolled_back = mesh.wait_entry("rollout_rolled_back", |entry| entry["detail"]["id"] == id).await;
+    let reason = rolled_back["detail"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("at 10%: success rate must be >= 95%"), "{rolled_back:#}");
+    let acked = mesh
+        .wait_entry("rollout_acked", |entry| {
+            entry["detail"]["id"] == id && entry["detail"]["phase"] == "rolled_back"
+        })
+        .await;
+    assert_eq!(acked["detail"]["weight"], 0);
+
+    // Keep the traffic going a while on the stable version alone: the failures stay a sliver.
+    let sent_at_rollback = load.sent();
+    load.wait_sent(sent_at_rollback + 15_000).await;
+    let (sent, failed) = load.stop().await;
+    assert!(canary.requests() > 0, "the canary took its 10%");
+    assert!((failed as f64) < sent as f64 * 0.01, "{failed} of {sent} requests failed");
+    assert!(mesh.stable.requests() > before, "the stable version kept serving");
+
+    let node = mesh.node().await;
+    assert_eq!(node["rollout"]["phase"], "rolled_back", "{node:#}");
+    assert_eq!(node["rollout"]["step"], 0);
+    assert_eq!(node["serving_version"], "v1", "{node:#}");
+    let kinds = mesh.kinds().await;
+    assert!(!kinds.iter().any(|kind| kind == "rollout_step" || kind == "rollout_promoting"), "{kinds:?}");
+    let answers = mesh.answers(20).await;
+    assert!(answers.iter().all(|answer| answer == &("v1".to_owned(), 200)), "{answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_pauses_resumes_and_aborts_a_rollout() {
+    let mesh = Mesh::start(|_| control_extra(FAST_ROLLOUT, "")).await;
+    let canary = Chaos::start("v2").await;
+    let load = Load::start(&mesh.proxy.url("/"), 1);
+    mesh.start_rollout(canary.addr, None).await;
+    let (status, paused) = mesh.act("pause").await;
+    assert_eq!((status, paused["phase"].as_str()), (200, Some("paused")), "{paused:#}");
+    let (status, again) = mesh.act("pause").await;
+    assert_eq!(status, 409, "{again:#}");
+
+    // Many reports later (each longer than the 600 ms step together), still on its first step.
+    let mut last = 0;
+    for _ in 0..6 {
+        let node = mesh
+            .wait_node("a new report", |node| {
+                node["last_report_unix_ms"].as_u64().is_some_and(|at| at > last)
+            })
+            .await;
+        last = node["last_report_unix_ms"].as_u64().unwrap_or_default();
+    }
+    let node = mesh.node().await;
+    assert_eq!(
+        (node["rollout"]["phase"].as_str(), node["rollout"]["weight"].as_u64()),
+        (Some("paused"), Some(10))
+    );
+
+    let (status, resumed) = mesh.act("resume").await;
+    assert_eq!((status, resumed["phase"].as_str()), (200, Some("progressing")), "{resumed:#}");
+    mesh.wait_node("the next step", |node| node["rollout"]["weight"] == 50).await;
+    let (status, aborted) = mesh.act("abort").await;
+    assert_eq!(
+        (status, aborted["phase"].as_str(), aborted["weight"].as_u64()),
+        (200, Some("rolled_back"), Some(0))
+    );
+    assert_eq!(aborted["reason"], "aborted by an operator");
+    mesh.wait_node("the abort applied", |node| node["rollout"]["acked"] == true).await;
+    let (_, _) = load.stop().await;
+    let answers = mesh.answers(20).await;
+    assert!(answers.iter().all(|answer| answer == &("v1".to_owned(), 200)), "{answers:?}");
+    let (status, none) = mesh.act("resume").await;
+    assert_eq!(status, 404, "no rollout under way: {none:#}");
+    let kinds = mesh.kinds().await;
+    assert!(
+        in_order(
+            &kinds,
+            &["rollout_started", "rollout_paused", "rollout_resumed", "rollout_step", "rollout_rolled_back"]
+        ),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_hook_is_timed_out_and_the_node_held_on_its_version() {
+    let mesh = Mesh::start(|dir| {
+        let script = dir.join("hang.sh");
+        std::fs::write(&script, "sleep 30 &\nsleep 30\n").expect("script");
+        control_extra(
+            FAST_ROLLOUT,
+            &format!(
+                "hooks.regenerate = {{ command = [\"sh\", \"{}\"], timeout = \"500ms\" }}",
+                script.display()
+            ),
+        )
+    })
+    .await;
+    let load = Load::start(&mesh.proxy.url("/"), 1);
+    mesh.wait_node("traffic in control's stats", |node| node["stats"]["requests"].as_u64() >= Some(50)).await;
+    let revision = mesh.node().await["desired_revision"].as_u64();
+    mesh.stable.set(Behaviour::Status(500));
+
+    let failed = mesh.wait_entry("hook_failed", |_| true).await;
+    assert_eq!(failed["detail"]["hook"], "regenerate");
+    assert!(
+        failed["detail"]["error"].as_str().unwrap_or_default().contains("no answer within"),
+        "{failed:#}"
+    );
+    let held = mesh.wait_entry("held", |_| true).await;
+    assert!(
+        held["detail"]["reason"].as_str().unwrap_or_default().contains("regenerate hook failed"),
+        "{held:#}"
+    );
+    // Degraded (reports keep coming, so not unreachable), and held.
+    let node = mesh
+        .wait_node("held", |node| node["healing"]["phase"] == "held" && node["status"] == "degraded")
+        .await;
+    assert_eq!(node["desired_revision"].as_u64(), revision, "traffic was not moved: {node:#}");
+    assert!(node.get("rollout").is_none_or(Value::is_null), "{node:#}");
+    let kinds = mesh.kinds().await;
+    assert!(in_order(&kinds, &["degraded", "regenerating", "hook_failed", "held"]), "{kinds:?}");
+    load.stop().await;
+    // Still on its version (failing, but not moved anywhere).
+    mesh.stable.set(Behaviour::Ok);
+    let answers = mesh.answers(10).await;
+    assert!(answers.iter().all(|answer| answer == &("v1".to_owned(), 200)), "{answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_restarted_mid_rollout_resumes_it_and_promotes() {
+    let mut mesh = Mesh::start(|_| control_extra(FAST_ROLLOUT, "")).await;
+    let canary = Chaos::start("v2").await;
+    let load = Load::start(&mesh.proxy.url("/"), 1);
+    let rollout = mesh.start_rollout(canary.addr, Some(&[10, 50, 100])).await;
+    let id = rollout["id"].as_str().expect("id").to_owned();
+    mesh.wait_node("the second step", |node| node["rollout"]["weight"] == 50).await;
+
+    // Control dies mid-rollout; the proxy keeps the 50% split; control comes back on its port.
+    mesh.restart_control(&control_extra(FAST_ROLLOUT, "")).await;
+    let answers = mesh.answers(40).await;
+    assert!(answers.iter().any(|answer| answer.0 == "v2") && answers.iter().any(|answer| answer.0 == "v1"));
+
+    let resumed = mesh.wait_entry("rollout_resumed", |entry| entry["detail"]["id"] == id).await;
+    assert!(
+        resumed["detail"]["reason"].as_str().unwrap_or_default().contains("control restarted"),
+        "{resumed:#}"
+    );
+    let succeeded = mesh.wait_entry("rollout_succeeded", |entry| entry["detail"]["id"] == id).await;
+    assert_eq!(succeeded["detail"]["version"], "v2");
+    load.stop().await;
+    mesh.wait_node("v2 serving", |node| node["serving_version"] == "v2" && node["rollout"]["acked"] == true)
+        .await;
+    let answers = mesh.answers(20).await;
+    assert!(answers.iter().all(|answer| answer == &("v2".to_owned(), 200)), "{answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_without_traffic_is_inconclusive_and_never_promoted() {
+    let rollout =
+        "steps = [10, 100]\nstep_interval = \"300ms\"\nmax_failed_checks = 1\nprogress_deadline = \"2s\"";
+    let mesh = Mesh::start(|_| control_extra(rollout, "")).await;
+    let canary = Chaos::start("v2").await;
+    let started = mesh.start_rollout(canary.addr, None).await;
+    let id = started["id"].as_str().expect("id").to_owned();
+    let failed = mesh.wait_entry("rollout_failed", |entry| entry["detail"]["id"] == id).await;
+    let reason = failed["detail"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("inconclusive (0 requests, 10 needed) at 10%"), "{failed:#}");
+    let node = mesh.node().await;
+    assert_eq!(
+        (node["rollout"]["phase"].as_str(), node["rollout"]["weight"].as_u64()),
+        (Some("failed"), Some(0))
+    );
+    assert_ne!(node["serving_version"], "v2", "{node:#}");
+    let kinds = mesh.kinds().await;
+    assert!(!kinds.iter().any(|kind| kind == "rollout_step" || kind == "rollout_promoting"), "{kinds:?}");
+    assert_eq!(canary.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rollout_requests_are_refused_and_change_nothing() {
+    let mesh = Mesh::start(|_| control_extra(FAST_ROLLOUT, "")).await;
+    let canary = Chaos::start("v2").await;
+    let revision = mesh.node().await["desired_revision"].clone();
+    let endpoint = canary.addr.to_string();
+    let cases = [
+        (json!({ "node": "nobody", "version": "v2", "endpoints": [endpoint] }), 404),
+        (json!({ "node": "payments", "version": "v1", "endpoints": [endpoint] }), 400),
+        (json!({ "node": "payments", "version": "v2", "endpoints": [] }), 400),
+        (json!({ "node": "payments", "version": "v 2", "endpoints": [endpoint] }), 400),
+        (json!({ "node": "payments", "version": "v2", "endpoints": ["nowhere"] }), 400),
+        (json!({ "node": "payments", "version": "v2", "endpoints": [endpoint], "steps": [50, 10] }), 400),
+        (json!({ "node": "payments", "version": "v2", "endpoints": [endpoint], "extra": 1 }), 400),
+        (json!({ "node": "payments" }), 400),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = mesh.control().call(Method::POST, "/v1/rollouts", Some(&body)).await;
+        assert_eq!(status, expected, "{body} → {answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+    let (status, _) = mesh.act("promote").await;
+    assert_eq!(status, 404, "no rollout to promote");
+    let (status, _) = mesh.act("explode").await;
+    assert_eq!(status, 404);
+    assert_eq!(mesh.node().await["desired_revision"], revision, "nothing was pushed");
+    // One rollout at a time.
+    mesh.start_rollout(canary.addr, None).await;
+    let body = json!({ "node": "payments", "version": "v3", "endpoints": [endpoint] });
+    let (status, answer) = mesh.control().call(Method::POST, "/v1/rollouts", Some(&body)).await;
+    assert_eq!(status, 409, "{answer}");
+    // A split cannot be set by hand through desired state.
+    let update = json!({ "routes": {}, "split": { "stable": { "version": "v1" } } });
+    let (status, answer) =
+        mesh.control().call(Method::PUT, "/v1/nodes/payments/desired", Some(&update)).await;
+    assert_eq!(status, 400, "{answer}");
+}
