@@ -261,6 +261,16 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// `HOST:PORT` as the config writes endpoints (`127.0.0.1:9002`, `[::1]:80`, `payments.internal:80`);
+/// the error says what is wrong, quoting the text.
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        crate::validate::parse_endpoint(text)
+    }
+}
+
 impl Serialize for Endpoint {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)

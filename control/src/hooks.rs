@@ -24,7 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use remora_config::control_config::{Hook, HookTarget, Store};
+use remora_config::control_config::{Hook, HookTarget};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -193,22 +193,9 @@ pub fn regenerated(answer: &Value) -> Result<Regenerated, String> {
     }
 }
 
-/// One `HOST:PORT`, in its canonical form.
-///
-/// The config crate's endpoint parser is private; its store URL parser (`etcd://HOST:PORT`) is the one
-/// public way in, so this goes through it rather than keep a third copy. Replace with
-/// `Endpoint::from_str` once `remora_config` has one.
+/// One endpoint as the config writes it, in its standard form.
 fn endpoint(text: &str) -> Result<String, String> {
-    let invalid =
-        || format!("{text:?} is not HOST:PORT (e.g. \"127.0.0.1:9002\" or \"payments-v2.internal:80\")");
-    // The store URL splits on ',' and trims around each part; an endpoint has neither.
-    if text.contains(',') || text.trim() != text {
-        return Err(invalid());
-    }
-    match format!("etcd://{text}").parse::<Store>() {
-        Ok(Store::Etcd { endpoints }) if endpoints.len() == 1 => Ok(endpoints[0].to_string()),
-        Ok(_) | Err(_) => Err(invalid()),
-    }
+    text.parse::<remora_config::Endpoint>().map(|endpoint| endpoint.to_string())
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -824,19 +811,19 @@ mod tests {
         refused(json!({ "version": "v2", "endpoints": [9002] }), &["endpoints[0] is a number, not a string"]);
         refused(
             json!({ "version": "v2", "endpoints": ["127.0.0.1"] }),
-            &["endpoints[0]: \"127.0.0.1\" is not HOST:PORT"],
+            &["endpoints[0]: \"127.0.0.1\" is not an address with a port"],
         );
         refused(
             json!({ "version": "v2", "endpoints": ["127.0.0.1:0"] }),
-            &["endpoints[0]: \"127.0.0.1:0\" is not HOST:PORT"],
+            &["endpoints[0]: \"127.0.0.1:0\" needs a port other than 0"],
         );
         refused(
             json!({ "version": "v2", "endpoints": ["a:1,b:2"] }),
-            &["endpoints[0]: \"a:1,b:2\" is not HOST:PORT"],
+            &["endpoints[0]: \"a:1,b:2\" is not an address with a port"],
         );
         refused(
             json!({ "version": "v2", "endpoints": [" a:1"] }),
-            &["endpoints[0]: \" a:1\" is not HOST:PORT"],
+            &["endpoints[0]: \" a:1\" is not an address with a port"],
         );
         refused(
             json!({ "version": "v2", "endpoints": ["a:1", "A:1"] }),
