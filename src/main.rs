@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod init;
 mod inject;
 
 use std::io::Write;
@@ -86,6 +87,9 @@ enum Command {
     Rollout(cli::RolloutArgs),
     /// Add the remora init container and proxy sidecar to the pods of Kubernetes YAML (stdout).
     Inject(inject::InjectArgs),
+    /// Set up the pod's network for the sidecar (the init container): iptables rules that send its
+    /// TCP through the proxy's inbound and outbound listeners; `--cleanup` removes them.
+    Init(init::InitArgs),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         Command::Events(args) => cli::events(args),
         Command::Rollout(args) => cli::rollout(args),
         Command::Inject(args) => inject::run(args),
+        Command::Init(args) => init::run(args),
     }
 }
 
