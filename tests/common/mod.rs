@@ -14,6 +14,7 @@ pub mod chaos;
 pub mod client;
 pub mod control;
 pub mod load;
+pub mod netns;
 pub mod process;
 pub mod upstream;
 
