@@ -39,6 +39,10 @@ pub struct DemoArgs {
     /// Requests per second the demo sends through the proxy.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(20..=5000))]
     rate: u32,
+    /// Proxies in front of the service (replicas of one node; the traffic goes to each in turn, and
+    /// a rollback is over when every one has applied it).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    proxies: u32,
 }
 
 /// A child process that is stopped (SIGTERM, then waited for) when dropped.
@@ -147,10 +151,16 @@ fn demo(args: &DemoArgs, dir: &Path) -> Result<(), String> {
     let proxy_path = dir.join("proxy.toml");
     std::fs::write(&proxy_path, proxy_config(control_addr, v1_addr)).map_err(|error| error.to_string())?;
     let proxy_arg = proxy_path.to_string_lossy().into_owned();
-    let (proxy_part, lines) = start("proxy", &["proxy", "--config", &proxy_arg], &env, "ready:")?;
-    let proxy_addr = address(&lines, "listener public on")?;
-    let admin_addr = address(&lines, "admin on")?;
-    println!("  proxy        http://{proxy_addr}  (admin http://{admin_addr}/stats)");
+    let (mut proxy_parts, mut proxy_addrs, mut admin_addrs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.proxies {
+        let (part, lines) = start("proxy", &["proxy", "--config", &proxy_arg], &env, "ready:")?;
+        let (proxy_addr, admin_addr) = (address(&lines, "listener public on")?, address(&lines, "admin on")?);
+        println!("  proxy        http://{proxy_addr}  (admin http://{admin_addr}/stats)");
+        proxy_parts.push(part);
+        proxy_addrs.push(proxy_addr);
+        admin_addrs.push(admin_addr);
+    }
+    let (proxy_addr, admin_addr) = (proxy_addrs[0], admin_addrs[0]);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -161,7 +171,7 @@ fn demo(args: &DemoArgs, dir: &Path) -> Result<(), String> {
         let control = Control::new(&format!("http://{control_addr}"), Some(token.clone()))
             .map_err(|error| error.to_string())?;
         let mut scenario = Scenario { control, journal_seq: 0, started: Instant::now(), dir: dir.to_owned() };
-        let result = scenario.play(proxy_addr, v1_addr, args.rate).await;
+        let result = scenario.play(proxy_addrs.clone(), v1_addr, args.rate).await;
         if result.is_ok() && !args.once {
             println!();
             println!("the demo stays up; look around, then Ctrl-C:");
@@ -173,7 +183,7 @@ fn demo(args: &DemoArgs, dir: &Path) -> Result<(), String> {
         }
         result
     });
-    drop(proxy_part);
+    drop(proxy_parts);
     drop(control_part);
     drop(v1);
     outcome
@@ -265,12 +275,14 @@ struct Episode {
 }
 
 impl Scenario {
-    async fn play(&mut self, proxy: SocketAddr, v1: SocketAddr, rate: u32) -> Result<(), String> {
-        self.wait_registered().await?;
+    async fn play(&mut self, proxies: Vec<SocketAddr>, v1: SocketAddr, rate: u32) -> Result<(), String> {
+        self.wait_registered(proxies.len()).await?;
         self.journal_seq = self.head().await?;
         println!();
-        println!("sending {rate} requests/s through the proxy; v1 is healthy");
-        let traffic = Traffic::start(proxy, rate);
+        let through =
+            if proxies.len() == 1 { "the proxy".to_owned() } else { format!("{} proxies", proxies.len()) };
+        println!("sending {rate} requests/s through {through}; v1 is healthy");
+        let traffic = Traffic::start(proxies, rate);
         self.watch(&traffic, Duration::from_secs(4), |_| false).await?;
 
         // Episode 1: v1 leaks; the loop heals the node.
@@ -296,9 +308,17 @@ impl Scenario {
             requests: traffic.tally().since(&before),
             lines: vec![],
         };
+        let canary_started =
+            entries.iter().find(|entry| entry.kind == "rollout_started" && entry.unix_ms >= leak_ms);
         if let Some(degraded) = degraded {
             heal.lines
                 .push(format!("time to detect   {}", seconds(degraded.unix_ms.saturating_sub(leak_ms))));
+        }
+        if let Some(started) = canary_started {
+            heal.lines.push(format!(
+                "time to canary   {} (leak → first traffic on the regenerated {version})",
+                seconds(started.unix_ms.saturating_sub(leak_ms))
+            ));
         }
         heal.lines.push(format!(
             "time to recover  {} (leak → {version} serving all traffic)",
@@ -339,6 +359,8 @@ impl Scenario {
         if acked.kind != "rollout_acked" {
             return Err("the bad canary was promoted".into());
         }
+        // A little longer on the stable version alone.
+        self.watch(&traffic, Duration::from_secs(2), |_| false).await?;
         let tally = traffic.stop().await;
         let mut canary =
             Episode { name: "bad v3 canary; rolled back", requests: tally.since(&before), lines: vec![] };
@@ -387,10 +409,10 @@ impl Scenario {
         Ok(())
     }
 
-    async fn wait_registered(&mut self) -> Result<(), String> {
+    async fn wait_registered(&mut self, proxies: usize) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if self.node().await.is_ok() {
+            if self.node().await.is_ok_and(|node| node.proxies.len() >= proxies) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -457,12 +479,16 @@ impl Scenario {
 /// `healing: healthy | v1 100% | v1 99.8% ok p99 2ms | sent 1200, failed 3`, with a progress bar
 /// for a rollout's step.
 fn status_line(node: &NodeView, tally: &Tally) -> String {
-    let phase = node.healing.as_ref().map_or("healthy", |healing| healing.phase.as_str());
     let serving = node.serving_version.clone().unwrap_or_else(|| node.version.clone());
     let active = node
         .rollout
         .as_ref()
         .filter(|rollout| matches!(rollout.phase.as_str(), "progressing" | "paused" | "promoting"));
+    let phase = match (node.healing.as_ref().map(|healing| healing.phase.as_str()), active) {
+        (Some("healthy") | None, Some(_)) => "rollout",
+        (Some(phase), _) => phase,
+        (None, None) => "healthy",
+    };
     let weights = match active {
         Some(rollout) => format!(
             "{} {}% / {} {}%",

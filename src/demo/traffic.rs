@@ -39,8 +39,8 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Starts `rate` requests a second to `proxy`.
-    pub fn start(proxy: SocketAddr, rate: u32) -> Self {
+    /// Starts `rate` requests a second, spread over `proxies` in turn.
+    pub fn start(proxies: Vec<SocketAddr>, rate: u32) -> Self {
         let tally = Arc::new(Mutex::new(Tally::default()));
         let (stop, mut stopped) = watch::channel(false);
         let client: Client<_, Full<Bytes>> =
@@ -51,6 +51,7 @@ impl Traffic {
                 let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut requests = tokio::task::JoinSet::new();
+                let mut next = 0;
                 loop {
                     tokio::select! {
                         _ = ticks.tick() => {}
@@ -58,6 +59,8 @@ impl Traffic {
                     }
                     while requests.try_join_next().is_some() {}
                     let (client, tally) = (client.clone(), tally.clone());
+                    let proxy = proxies[next % proxies.len()];
+                    next += 1;
                     requests.spawn(async move {
                         let outcome = one(&client, proxy).await;
                         record(&tally, outcome);
