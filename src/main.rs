@@ -251,6 +251,14 @@ fn control(file: &Path) -> ExitCode {
     let store = config.store.to_string();
     let result = runtime.block_on(async {
         let shutdown = remora_proxy::shutdown_signal();
+        // SIGHUP (a unit's reload, a closed terminal) must not end control: it reads its file at start.
+        if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::warn!("SIGHUP ignored: control reads its configuration at start; restart it to apply a change");
+                }
+            });
+        }
         remora_control::run(config, token, shutdown, |addr| {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "control on http://{addr}");

@@ -263,3 +263,19 @@ async fn the_journal_streams_with_resume() {
     .await;
     assert!(!text.contains(&format!("id: {first_seq}\n")), "resume starts after Last-Event-ID: {text}");
 }
+
+#[tokio::test]
+async fn sighup_does_not_stop_control() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let control = Control::start_in(dir.path().to_owned(), "").await;
+    control.signal(nix::sys::signal::Signal::SIGHUP);
+    // The warning is the readiness signal that the signal was handled.
+    within("the SIGHUP warning", async {
+        while !control.stderr().contains("SIGHUP ignored") {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (status, nodes) = control.call(Method::GET, "/v1/nodes", None).await;
+    assert_eq!((status, nodes), (200, json!([])));
+}

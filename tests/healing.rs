@@ -508,3 +508,54 @@ async fn bad_rollout_requests_are_refused_and_change_nothing() {
         mesh.control().call(Method::PUT, "/v1/nodes/payments/desired", Some(&update)).await;
     assert_eq!(status, 400, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollout_command_starts_shows_pauses_and_aborts() {
+    let mesh = Mesh::start(|_| control_extra(FAST_ROLLOUT, "")).await;
+    let canary = Chaos::start("v2").await;
+    let url = format!("http://{}", mesh.control().addr);
+    let run = |args: Vec<String>| {
+        let url = url.clone();
+        async move {
+            let output = tokio::process::Command::new(common::process::BINARY)
+                .arg("rollout")
+                .args(&args)
+                .args(["--control", &url, "--token", TOKEN])
+                .output();
+            let output = within("remora rollout", output).await.expect("run remora rollout");
+            (
+                output.status.code(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        }
+    };
+    let args = |list: &[&str]| list.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>();
+
+    let endpoint = canary.addr.to_string();
+    let (code, out, err) =
+        run(args(&["start", "payments", "--version", "v2", "--endpoint", &endpoint, "--steps", "20,100"]))
+            .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("progressing v2 at 20% (step 1/2), 0/1 failed checks"), "{out}");
+    assert!(out.contains(&format!("v2 on {endpoint}")), "{out}");
+    let (code, out, _) = run(args(&["pause", "payments"])).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("paused v2 at 20%"), "{out}");
+    let (code, out, _) = run(args(&["status", "payments", "--json"])).await;
+    assert_eq!(code, Some(0));
+    let status: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!((status["phase"].as_str(), status["weight"].as_u64()), (Some("paused"), Some(20)));
+    let (code, out, _) = run(args(&["abort", "payments"])).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("rolled_back v2 at 0%") && out.contains("aborted by an operator"), "{out}");
+    let (code, _, err) = run(args(&["abort", "payments"])).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("has no rollout under way"), "{err}");
+    let (code, _, err) = run(args(&["start", "payments", "--version", "v2", "--endpoint", "nowhere"])).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("400") && err.contains("nowhere"), "{err}");
+    let (code, out, _) = run(args(&["status"])).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("rollout:") && out.contains("(manual)"), "{out}");
+}

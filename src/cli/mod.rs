@@ -28,19 +28,20 @@ pub struct Connection {
     #[arg(
         long = "control",
         value_name = "URL",
+        global = true,
         env = "REMORA_CONTROL_URL",
         default_value = "http://127.0.0.1:9900"
     )]
     control: String,
     /// The API token (sent as `Authorization: Bearer TOKEN`).
-    #[arg(long, value_name = "TOKEN", env = "REMORA_CONTROL_TOKEN", hide_env_values = true)]
+    #[arg(long, value_name = "TOKEN", env = "REMORA_CONTROL_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// Read the API token from this file (surrounding whitespace is ignored); it takes precedence over
     /// --token and REMORA_CONTROL_TOKEN.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     token_file: Option<PathBuf>,
     /// Print the API's JSON as it is (pretty), for scripts.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 

@@ -489,8 +489,67 @@ fn known_summary(kind: &str, detail: &Value) -> Option<String> {
                 None => Some(format!("weights {}", routes.join("; "))),
             }
         }
-        _ => None,
+        _ => healing_summary(kind, detail),
     }
+}
+
+/// The healing loop's entries (control's `engine.rs`).
+fn healing_summary(kind: &str, detail: &Value) -> Option<String> {
+    let text = |key: &str| detail.get(key).and_then(Value::as_str);
+    let number = |key: &str| detail.get(key).and_then(Value::as_u64);
+    let constraints = || -> Option<String> {
+        let list: Vec<&str> =
+            detail.get("constraints")?.as_array()?.iter().filter_map(Value::as_str).collect();
+        Some(list.join("; "))
+    };
+    let split = || -> Option<String> {
+        let split = detail.get("split")?;
+        let stable = split.pointer("/stable/version")?.as_str()?;
+        let weight = split.get("canary_weight").and_then(Value::as_u64).unwrap_or(0);
+        Some(match split.pointer("/canary/version").and_then(Value::as_str) {
+            Some(canary) => format!("{stable} {}% / {canary} {weight}%", 100 - weight.min(100)),
+            None => format!("{stable} 100%"),
+        })
+    };
+    Some(match kind {
+        "degraded" => format!("{}: {}", text("version")?, constraints()?),
+        "remedy_did_not_help" => format!("still breaching: {}", constraints()?),
+        "remediating" | "regenerating" => format!("hook {}", text("hook")?),
+        "remediated" => format!("cooling down {} ms", number("cooldown_ms")?),
+        "regenerated" => {
+            let endpoints: Vec<&str> =
+                detail.get("endpoints")?.as_array()?.iter().filter_map(Value::as_str).collect();
+            format!("{} on {}", text("version")?, endpoints.join(", "))
+        }
+        "hook_failed" => format!("{} hook: {}", text("hook")?, text("error")?),
+        "held" => format!("held on {}: {}", text("serving")?, text("reason")?),
+        "recovered" => format!("recovered (was {})", text("from")?),
+        "healed" => format!("{} serving", text("version")?),
+        "retired" => format!("{} retired", text("version")?),
+        "rollout_started" | "rollout_step" | "rollout_promoting" => {
+            format!("revision {}, {}", number("revision")?, split()?)
+        }
+        "rollout_rolled_back" | "rollout_failed" => {
+            format!("revision {}, {}: {}", number("revision")?, split()?, text("reason")?)
+        }
+        "rollout_check_failed" => format!(
+            "check {} of {} failed at {}%: {}",
+            number("failed_checks")?,
+            number("max_failed_checks")?,
+            number("weight")?,
+            constraints()?
+        ),
+        "rollout_acked" => format!(
+            "revision {} ({}%) applied by {} proxies in {} ms",
+            number("revision")?,
+            number("weight")?,
+            number("proxies")?,
+            number("push_to_ack_ms")?
+        ),
+        "rollout_succeeded" => format!("{} replaced {}", text("version")?, text("replaced")?),
+        "rollout_paused" | "rollout_resumed" => format!("by {}", text("by").unwrap_or("control")),
+        _ => return None,
+    })
 }
 
 /// `key=value` for each field of an object (strings bare, everything else as JSON).
@@ -872,6 +931,25 @@ proxies:     none
     fn a_known_kind_with_an_unexpected_detail_falls_back_to_its_fields() {
         assert_eq!(summary("status_changed", &json!({"state": "odd"})), "state=odd");
         assert_eq!(summary("registered", &json!(null)), "");
+    }
+
+    #[test]
+    fn the_healing_loops_entries_read_as_sentences() {
+        let degraded = json!({"version": "v1", "constraints": ["p99 must be <= 250ms; measured 912ms"]});
+        assert_eq!(summary("degraded", &degraded), "v1: p99 must be <= 250ms; measured 912ms");
+        let split = json!({"stable": {"version": "v1"}, "canary": {"version": "v2", "endpoints": ["127.0.0.1:9"]}, "canary_weight": 10});
+        assert_eq!(
+            summary("rollout_started", &json!({"revision": 4, "split": split})),
+            "revision 4, v1 90% / v2 10%"
+        );
+        let back = json!({"revision": 5, "split": {"stable": {"version": "v1"}, "canary_weight": 0}, "reason": "1 of 1 checks failed"});
+        assert_eq!(summary("rollout_rolled_back", &back), "revision 5, v1 100%: 1 of 1 checks failed");
+        let acked = json!({"revision": 5, "weight": 0, "proxies": 3, "push_to_ack_ms": 4});
+        assert_eq!(summary("rollout_acked", &acked), "revision 5 (0%) applied by 3 proxies in 4 ms");
+        let held = json!({"serving": "v1", "reason": "the regenerate hook failed: no answer within 2s"});
+        assert_eq!(summary("held", &held), "held on v1: the regenerate hook failed: no answer within 2s");
+        // Missing fields fall back to the fields themselves.
+        assert_eq!(summary("healed", &json!({"what": 1})), "what=1");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub struct RolloutArgs {
 enum Action {
     /// Roll a new version of a node out as a canary: each step of `[rollout] steps` (or --steps) holds
     /// while its analysis passes, then the next; rolled back at once when checks fail.
+    #[command(disable_version_flag = true)]
     Start {
         /// The node (as its proxies register it).
         node: String,

@@ -79,6 +79,12 @@ impl Control {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        let pid = self.child.id().expect("pid") as i32;
+        kill(Pid::from_raw(pid), signal).expect("signal control");
+    }
+
     /// SIGKILL: no chance to flush or close anything.
     pub async fn kill9(mut self) {
         let pid = self.child.id().expect("pid") as i32;
