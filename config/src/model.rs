@@ -109,7 +109,30 @@ pub struct Listener {
     pub mode: ListenerMode,
     pub protocol: ListenerProtocol,
     pub limits: HttpLimits,
+    /// Inbound and outbound listeners with protocol `auto`: how long to wait for a client's first
+    /// bytes before its connection is taken for opaque TCP (a server-speaks-first protocol). Default
+    /// 500 ms.
+    pub detect_timeout: Duration,
+    /// Inbound and outbound listeners: connections whose original destination port is listed are
+    /// forwarded as opaque TCP at once, without waiting for the client's first bytes.
+    pub opaque_ports: Vec<u16>,
+    /// Outbound listeners: original destinations served by the listener's routes, beside the
+    /// endpoints of the clusters its routes send to.
+    pub services: Vec<SocketAddr>,
+    /// Reverse listeners with protocol `tcp`: the cluster each connection is forwarded to.
+    pub cluster: Option<String>,
 }
+
+impl Listener {
+    /// Whether this listener serves HTTP through routes of its own: a reverse listener that is not
+    /// opaque TCP. Routes that name no listener serve these.
+    pub fn is_reverse_http(&self) -> bool {
+        self.mode == ListenerMode::Reverse && self.protocol != ListenerProtocol::Tcp
+    }
+}
+
+/// How long an inbound or outbound listener waits for a client's first bytes by default.
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Limits on what a client may send before its request is refused (431) or its connection closed.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -119,7 +142,7 @@ pub struct HttpLimits {
     /// Most header fields in one request. Default 100.
     pub max_headers: usize,
     /// Time a client gets to send a whole request head, counted from the connection's start or the end
-    /// of its previous response: it also closes idle keep-alive connections. Default 60 s.
+    /// of its previous response: it also closes idle keep-alive connections. Default 10 s.
     pub header_read_timeout: Duration,
 }
 

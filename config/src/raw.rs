@@ -58,6 +58,10 @@ pub struct RawListener {
     pub max_header_bytes: Option<usize>,
     pub max_headers: Option<usize>,
     pub header_read_timeout: Option<Duration>,
+    pub detect_timeout: Option<Duration>,
+    pub opaque_ports: Option<Vec<u16>>,
+    pub services: Option<Vec<String>>,
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -38,6 +38,13 @@ struct Validator<'a> {
     errors: &'a mut ConfigErrors,
 }
 
+/// A listener's mode- and protocol-specific keys, as read.
+struct SidecarKeys {
+    detect_timeout: Duration,
+    opaque_ports: Vec<u16>,
+    services: Vec<SocketAddr>,
+}
+
 impl Validator<'_> {
     fn config(&mut self, dict: &Dict) -> Option<Config> {
         for key in dict.keys() {
@@ -58,6 +65,16 @@ impl Validator<'_> {
             None => Vec::new(),
         };
         let routes = self.routes(dict.get("routes"), &listeners, &declared);
+        for (index, listener) in listeners.iter().enumerate() {
+            if let Some(cluster) = &listener.cluster {
+                if !declared.contains(&cluster.as_str()) {
+                    self.errors.push(
+                        format!("listeners[{index}].cluster"),
+                        unknown_reference("cluster", cluster, &declared),
+                    );
+                }
+            }
+        }
         let stats = self.stats(dict.get("stats"));
 
         if let Some(admin) = &admin {
@@ -189,22 +206,93 @@ impl Validator<'_> {
             if limits.header_read_timeout.is_zero() {
                 self.errors.push(format!("{path}.header_read_timeout"), "must be greater than zero");
             }
+            let mode = raw.mode.unwrap_or(ListenerMode::Reverse);
             let protocol = raw.protocol.unwrap_or(ListenerProtocol::Auto);
-            if protocol == ListenerProtocol::Tcp {
-                self.errors.push(
-                    format!("{path}.protocol"),
-                    "opaque TCP forwarding is not available yet (use \"auto\", \"http1\" or \"http2\")",
-                );
-            }
+            let sidecar = self.sidecar_keys(&raw, mode, protocol, &path);
             listeners.push(Listener {
                 name: raw.name,
                 listen,
-                mode: raw.mode.unwrap_or(ListenerMode::Reverse),
+                mode,
                 protocol,
                 limits,
+                detect_timeout: sidecar.detect_timeout,
+                opaque_ports: sidecar.opaque_ports,
+                services: sidecar.services,
+                cluster: raw.cluster,
             });
         }
         listeners
+    }
+
+    /// The keys that belong to one listener mode or protocol: `detect_timeout` and `opaque_ports`
+    /// (inbound, outbound), `services` (outbound), `cluster` (reverse `tcp`, where it is required).
+    /// Whether `cluster` names a cluster is checked once every cluster is read.
+    fn sidecar_keys(
+        &mut self,
+        raw: &RawListener,
+        mode: ListenerMode,
+        protocol: ListenerProtocol,
+        path: &str,
+    ) -> SidecarKeys {
+        let sidecar = mode != ListenerMode::Reverse;
+        let detect_timeout = raw.detect_timeout.unwrap_or(DEFAULT_DETECT_TIMEOUT);
+        if raw.detect_timeout.is_some() {
+            if !sidecar {
+                self.errors.push(
+                    format!("{path}.detect_timeout"),
+                    "only inbound and outbound listeners detect protocols (a reverse listener serves \
+                     HTTP/1.1 and h2c on one port without waiting)",
+                );
+            } else if detect_timeout.is_zero() || detect_timeout.get() > std::time::Duration::from_secs(60) {
+                self.errors.push(format!("{path}.detect_timeout"), "must be between 1ms and 60s");
+            }
+        }
+        let opaque_ports = raw.opaque_ports.clone().unwrap_or_default();
+        if raw.opaque_ports.is_some() && !sidecar {
+            self.errors.push(
+                format!("{path}.opaque_ports"),
+                "only inbound and outbound listeners have original destinations (set protocol = \"tcp\" \
+                 for an opaque reverse listener)",
+            );
+        }
+        for (index, port) in opaque_ports.iter().enumerate() {
+            if *port == 0 {
+                self.errors.push(format!("{path}.opaque_ports[{index}]"), "0 is not a port");
+            }
+        }
+        let mut services = Vec::new();
+        if let Some(raw_services) = &raw.services {
+            if mode != ListenerMode::Outbound {
+                self.errors.push(
+                    format!("{path}.services"),
+                    "only outbound listeners route by original destination",
+                );
+            }
+            for (index, text) in raw_services.iter().enumerate() {
+                let at = format!("{path}.services[{index}]");
+                if let Some(addr) = self.socket_addr(text, &at) {
+                    if addr.port() == 0 {
+                        self.errors.push(at, format!("{text:?} needs a port other than 0"));
+                    } else {
+                        services.push(addr);
+                    }
+                }
+            }
+        }
+        let forwards_to_cluster = mode == ListenerMode::Reverse && protocol == ListenerProtocol::Tcp;
+        match (&raw.cluster, forwards_to_cluster) {
+            (None, true) => self.errors.push(
+                format!("{path}.cluster"),
+                "missing required key: a reverse tcp listener forwards each connection to a cluster",
+            ),
+            (Some(_), false) => self.errors.push(
+                format!("{path}.cluster"),
+                "only reverse listeners with protocol = \"tcp\" forward to a cluster (HTTP listeners \
+                 use routes; inbound and outbound listeners the original destination)",
+            ),
+            _ => {}
+        }
+        SidecarKeys { detect_timeout, opaque_ports, services }
     }
 
     fn clusters(&mut self, value: Option<&Value>) -> BTreeMap<String, Cluster> {
@@ -401,15 +489,38 @@ impl Validator<'_> {
             }
             let route_listeners = match &raw.listener {
                 Some(listener) => {
-                    if !listener_names.contains(&listener.as_str()) {
-                        self.errors.push(
+                    match listeners.iter().find(|candidate| candidate.name == *listener) {
+                        None => self.errors.push(
                             format!("{path}.listener"),
                             unknown_reference("listener", listener, &listener_names),
-                        );
+                        ),
+                        Some(named) if named.protocol == ListenerProtocol::Tcp => self.errors.push(
+                            format!("{path}.listener"),
+                            format!(
+                                "listener {listener:?} forwards opaque TCP (protocol = \"tcp\"): routes do not apply"
+                            ),
+                        ),
+                        Some(_) => {}
                     }
                     vec![listener.clone()]
                 }
-                None => listener_names.iter().map(|name| (*name).to_owned()).collect(),
+                // Sidecar listeners serve only the routes that name them: a route written for the
+                // public port must not capture a pod's inbound or outbound traffic.
+                None => {
+                    let serving: Vec<String> = listeners
+                        .iter()
+                        .filter(|listener| listener.is_reverse_http())
+                        .map(|listener| listener.name.clone())
+                        .collect();
+                    if serving.is_empty() && !listeners.is_empty() {
+                        self.errors.push(
+                            format!("{path}.listener"),
+                            "missing required key: a route without `listener` serves the reverse HTTP \
+                             listeners, and there are none (name the inbound or outbound listener it serves)",
+                        );
+                    }
+                    serving
+                }
             };
             let matcher = self.route_match(raw.matcher.unwrap_or_default(), &format!("{path}.match"));
             let sticky = raw.sticky.and_then(|sticky| self.sticky(sticky, &format!("{path}.sticky")));

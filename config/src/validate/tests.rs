@@ -282,3 +282,146 @@ endpoints = ["payments.internal:8080", "[::1]:9001"]
     assert_eq!(config.clusters["a"].endpoints[0].to_string(), "payments.internal:8080");
     assert_eq!(config.clusters["a"].endpoints[1].to_string(), "[::1]:9001");
 }
+
+/// A pod's sidecar: an inbound and an outbound listener, a reverse `tcp` listener, and routes that
+/// name the listeners they serve.
+const SIDECAR: &str = r#"
+[[listeners]]
+name = "inbound"
+listen = "0.0.0.0:4143"
+mode = "inbound"
+opaque_ports = [3306]
+
+[[listeners]]
+name = "outbound"
+listen = "127.0.0.1:4140"
+mode = "outbound"
+detect_timeout = "250ms"
+services = ["10.96.0.10:80"]
+
+[[listeners]]
+name = "db"
+listen = "127.0.0.1:5432"
+protocol = "tcp"
+cluster = "postgres"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+
+[[routes]]
+name = "payments"
+listener = "outbound"
+backends = [{ cluster = "payments" }]
+
+[[routes]]
+name = "anywhere"
+backends = [{ cluster = "payments" }]
+
+[clusters.payments]
+endpoints = ["10.0.0.5:80"]
+
+[clusters.postgres]
+endpoints = ["10.0.0.7:5432"]
+"#;
+
+#[test]
+fn sidecar_listeners_load_with_their_keys_and_defaults() {
+    let config = load_str(SIDECAR, Source::TextOnly).expect("the sidecar example must load");
+    let [inbound, outbound, db, public] = &config.listeners[..] else { panic!("four listeners") };
+    assert_eq!(
+        (inbound.mode, inbound.protocol),
+        (crate::ListenerMode::Inbound, crate::ListenerProtocol::Auto)
+    );
+    assert_eq!(inbound.detect_timeout.to_string(), "500ms");
+    assert_eq!(inbound.opaque_ports, [3306]);
+    assert_eq!(outbound.detect_timeout.to_string(), "250ms");
+    assert_eq!(outbound.services, ["10.96.0.10:80".parse::<std::net::SocketAddr>().unwrap()]);
+    assert_eq!(db.cluster.as_deref(), Some("postgres"));
+    assert!(public.is_reverse_http() && !db.is_reverse_http() && !outbound.is_reverse_http());
+    // A route without `listener` serves the reverse HTTP listeners only.
+    assert_eq!(config.routes[0].listeners, ["outbound"]);
+    assert_eq!(config.routes[1].listeners, ["public"]);
+}
+
+#[test]
+fn listener_keys_out_of_their_mode_are_errors() {
+    let errors = errors(
+        r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+detect_timeout = "1s"
+opaque_ports = [0]
+services = ["10.0.0.1:80"]
+cluster = "db"
+
+[[listeners]]
+name = "raw"
+listen = "127.0.0.1:8081"
+protocol = "tcp"
+
+[[listeners]]
+name = "typo"
+listen = "127.0.0.1:8082"
+protocol = "tcp"
+cluster = "dbb"
+
+[[listeners]]
+name = "out"
+listen = "127.0.0.1:8083"
+mode = "outbound"
+detect_timeout = "0s"
+services = ["10.0.0.1:0", "nope"]
+
+[[routes]]
+listener = "raw"
+backends = [{ cluster = "db" }]
+
+[clusters.db]
+endpoints = ["127.0.0.1:5432"]
+"#,
+    );
+    for expected in [
+        "listeners[0].detect_timeout: only inbound and outbound listeners detect protocols (a reverse \
+         listener serves HTTP/1.1 and h2c on one port without waiting)",
+        "listeners[0].opaque_ports: only inbound and outbound listeners have original destinations (set \
+         protocol = \"tcp\" for an opaque reverse listener)",
+        "listeners[0].opaque_ports[0]: 0 is not a port",
+        "listeners[0].services: only outbound listeners route by original destination",
+        "listeners[0].cluster: only reverse listeners with protocol = \"tcp\" forward to a cluster (HTTP \
+         listeners use routes; inbound and outbound listeners the original destination)",
+        "listeners[1].cluster: missing required key: a reverse tcp listener forwards each connection to a \
+         cluster",
+        "listeners[2].cluster: unknown cluster \"dbb\" (did you mean \"db\"?)",
+        "listeners[3].detect_timeout: must be between 1ms and 60s",
+        "listeners[3].services[0]: \"10.0.0.1:0\" needs a port other than 0",
+        "routes[0].listener: listener \"raw\" forwards opaque TCP (protocol = \"tcp\"): routes do not apply",
+    ] {
+        assert_has(&errors, expected);
+    }
+    assert!(errors.iter().any(|error| error.starts_with("listeners[3].services[1]: \"nope\" is not")));
+}
+
+#[test]
+fn a_route_without_listener_needs_a_reverse_http_listener() {
+    let errors = errors(
+        r#"
+[[listeners]]
+name = "outbound"
+listen = "127.0.0.1:4140"
+mode = "outbound"
+
+[[routes]]
+backends = [{ cluster = "a" }]
+
+[clusters.a]
+endpoints = ["127.0.0.1:9001"]
+"#,
+    );
+    assert_has(
+        &errors,
+        "routes[0].listener: missing required key: a route without `listener` serves the reverse HTTP \
+         listeners, and there are none (name the inbound or outbound listener it serves)",
+    );
+}
