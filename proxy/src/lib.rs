@@ -3,7 +3,9 @@
 //! A request's way, one module per step: [`listener`](crate::listener) accepts, `server` hands each
 //! request to the proxy service, `route` finds its route, `split` its weighted backend, `balance` the
 //! endpoint, `forward` sends it on a pooled upstream client. `admin` answers operators; `snapshot`
-//! holds the compiled configuration behind `ArcSwap`.
+//! holds the compiled configuration behind `ArcSwap`. Beside HTTP: `sidecar` decides what an inbound
+//! or outbound connection is (from its original destination and, via `detect`, its first bytes) and
+//! `tcp` forwards opaque TCP.
 #![forbid(unsafe_code)]
 
 mod admin;
@@ -12,6 +14,7 @@ mod body;
 mod breaker;
 mod cluster;
 mod control;
+mod detect;
 mod error;
 mod events;
 mod exposition;
@@ -27,9 +30,11 @@ mod reload;
 mod retry;
 mod route;
 mod server;
+mod sidecar;
 mod snapshot;
 mod split;
 mod stats;
+mod tcp;
 mod trace;
 mod watch;
 

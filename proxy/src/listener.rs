@@ -1,6 +1,7 @@
-//! Step 1 of a request's way: binding the configured listeners and accepting connections, each served
-//! by hyper's auto server (HTTP/1.1 and HTTP/2 prior knowledge on one port) under a graceful-shutdown
-//! watcher.
+//! Step 1 of a request's way: binding the configured listeners and accepting connections. A reverse
+//! listener serves each with hyper's auto server (HTTP/1.1 and HTTP/2 prior knowledge on one port)
+//! under a graceful-shutdown watcher; a reverse `tcp` listener forwards each to its cluster (`tcp`);
+//! inbound and outbound listeners decide per connection from its original destination (`sidecar`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::error::ServeError;
 use crate::server::ProxyService;
+use crate::sidecar::{self, Own};
 use crate::snapshot::Shared;
 
 /// Binds a socket for a configured listener.
@@ -94,11 +96,41 @@ pub async fn accept_loop(
     socket
 }
 
+/// The next connection on `socket`, or `None` once `stop` changes. Accept errors (out of file
+/// descriptors and the like) are logged and waited out rather than spun on.
+pub async fn accept(
+    socket: &TcpListener,
+    name: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => return None,
+            accepted = socket.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, "could not set TCP_NODELAY");
+                }
+                return Some((stream, client));
+            }
+            Err(error) => {
+                tracing::warn!(listener = %name, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// The listeners serving now, by name: each with its accept loop and the graceful-shutdown watcher of
 /// its connections. A reload starts, restarts and stops them one by one.
 #[derive(Default)]
 pub struct ListenerSet {
     running: std::collections::BTreeMap<String, Running>,
+    /// Every listener's address and the proxy's upstream ports, for sidecar loop detection.
+    own: Arc<Own>,
 }
 
 struct Running {
@@ -128,17 +160,47 @@ impl ListenerSet {
         let addr = local_addr(&socket, listener.listen);
         let fd = socket.as_fd().try_clone_to_owned().ok();
         let (stop, stop_rx) = watch::channel(false);
-        let accept = tokio::spawn(accept_loop(
-            socket,
-            listener.name.as_str().into(),
-            connection_builder(listener),
-            shared.clone(),
-            graceful.clone(),
-            stop_rx,
-        ));
-        tracing::info!(listener = %listener.name, %addr, "listening");
+        let accept = match (listener.mode, listener.protocol) {
+            (config::ListenerMode::Reverse, config::ListenerProtocol::Tcp) => {
+                tokio::spawn(crate::tcp::accept_loop(
+                    socket,
+                    Arc::new(listener.clone()),
+                    shared.clone(),
+                    graceful.clone(),
+                    self.own.ports.clone(),
+                    stop_rx,
+                ))
+            }
+            (config::ListenerMode::Reverse, _) => tokio::spawn(accept_loop(
+                socket,
+                listener.name.as_str().into(),
+                connection_builder(listener),
+                shared.clone(),
+                graceful.clone(),
+                stop_rx,
+            )),
+            (config::ListenerMode::Inbound | config::ListenerMode::Outbound, _) => {
+                let setup = sidecar::Setup {
+                    listener: Arc::new(listener.clone()),
+                    builder: connection_builder(listener),
+                    shared: shared.clone(),
+                    graceful: graceful.clone(),
+                    own: self.own.clone(),
+                    lookup: sidecar::Lookup::Kernel,
+                };
+                tokio::spawn(sidecar::accept_loop(socket, setup, stop_rx))
+            }
+        };
+        tracing::info!(listener = %listener.name, %addr, mode = ?listener.mode, protocol = ?listener.protocol, "listening");
         let running = Running { config: listener.clone(), addr, fd, stop, accept, graceful };
         self.running.insert(listener.name.clone(), running);
+        self.note_addresses();
+    }
+
+    /// Publishes the running listeners' addresses for loop detection.
+    fn note_addresses(&self) {
+        let addresses = self.running.values().map(|running| running.addr).collect();
+        self.own.listeners.store(Arc::new(addresses));
     }
 
     /// The configuration a listener runs with, and its bound address.
@@ -168,6 +230,7 @@ impl ListenerSet {
     /// for at most `grace_period`.
     pub async fn stop(&mut self, name: &str, grace_period: Duration) -> Option<TcpListener> {
         let running = self.running.remove(name)?;
+        self.note_addresses();
         let _ = running.stop.send(true);
         let socket = running.accept.await.ok();
         tokio::spawn(drain(running.graceful, grace_period));

@@ -51,6 +51,23 @@ pub struct ProxyService {
     listener: Arc<str>,
     /// The client's IP, formatted once per connection for `x-forwarded-for`.
     client_ip: HeaderValue,
+    /// Set on an inbound listener without routes: every request goes to the local app.
+    local: Option<Arc<LocalApp>>,
+}
+
+/// A target chosen without a route: a cluster, and the series its requests are counted in.
+#[derive(Debug)]
+pub struct Fixed {
+    pub cluster: Arc<Cluster>,
+    pub series: Arc<Series>,
+}
+
+/// The local app behind an inbound listener without routes, on one port: HTTP/2 requests go to it
+/// over HTTP/2 (gRPC keeps its trailers), others over HTTP/1.1.
+#[derive(Debug)]
+pub struct LocalApp {
+    pub http1: Fixed,
+    pub http2: Fixed,
 }
 
 type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
@@ -59,7 +76,17 @@ impl ProxyService {
     pub fn new(shared: Arc<Shared>, listener: Arc<str>, client: std::net::SocketAddr) -> Self {
         let client_ip = HeaderValue::from_str(&client.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { shared, listener, client_ip }
+        Self { shared, listener, client_ip, local: None }
+    }
+
+    /// The service of a connection to the local app behind an inbound listener without routes.
+    pub fn local(
+        shared: Arc<Shared>,
+        listener: Arc<str>,
+        client: std::net::SocketAddr,
+        app: Arc<LocalApp>,
+    ) -> Self {
+        Self { local: Some(app), ..Self::new(shared, listener, client) }
     }
 
     /// Routes and picks the backend; cleans the headers.
@@ -67,16 +94,24 @@ impl ProxyService {
         let host = request_host(&request)?;
         let snapshot = self.shared.snapshot.load();
         let access_log = snapshot.config.stats.access_log;
-        let table = snapshot.table(&self.listener).ok_or(ErrorKind::NoRoute)?;
-        let key = RequestKey {
-            host: host.map(host_of),
-            path: request.uri().path(),
-            method: request.method(),
-            headers: request.headers(),
+        let (cluster, series, timeout, retry) = match &self.local {
+            None => {
+                let table = snapshot.table(&self.listener).ok_or(ErrorKind::NoRoute)?;
+                let key = RequestKey {
+                    host: host.map(host_of),
+                    path: request.uri().path(),
+                    method: request.method(),
+                    headers: request.headers(),
+                };
+                let route = table.find(&key).ok_or(ErrorKind::NoRoute)?;
+                let target = route.split.pick(request.headers());
+                (target.cluster.clone(), target.series.clone(), route.timeout, route.retry.as_ref())
+            }
+            Some(app) => {
+                let fixed = if request.version() == Version::HTTP_2 { &app.http2 } else { &app.http1 };
+                (fixed.cluster.clone(), fixed.series.clone(), None, None)
+            }
         };
-        let route = table.find(&key).ok_or(ErrorKind::NoRoute)?;
-        let target = route.split.pick(request.headers());
-        let (cluster, series) = (target.cluster.clone(), target.series.clone());
         let access = access_log.then(|| {
             Box::new(AccessEntry {
                 method: request.method().clone(),
@@ -105,9 +140,9 @@ impl ProxyService {
             series,
             access,
             cluster,
-            timeout: route.timeout,
+            timeout,
             // A protocol switch is never retried: the handshake cannot be replayed.
-            retry: if upgrade { None } else { route.retry.clone() },
+            retry: if upgrade { None } else { retry.cloned() },
             downstream_upgrade,
         })
     }

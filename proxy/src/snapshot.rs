@@ -12,6 +12,7 @@ use remora_config::Config;
 use crate::cluster::Cluster;
 use crate::events::Events;
 use crate::route::{Route, RouteTable};
+use crate::sidecar::Services;
 use crate::split::{Split, Target};
 use crate::stats::Stats;
 
@@ -20,6 +21,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     tables: Box<[(Box<str>, RouteTable)]>,
     clusters: BTreeMap<String, Arc<Cluster>>,
+    /// Per inbound and outbound listener: its known services and whether routes serve it.
+    services: Box<[(Box<str>, Services)]>,
 }
 
 impl Snapshot {
@@ -84,11 +87,26 @@ impl Snapshot {
                 (listener.name.as_str().into(), RouteTable::new(routes))
             })
             .collect();
-        Self { config, tables, clusters }
+        let services = config
+            .listeners
+            .iter()
+            .filter(|listener| listener.mode != remora_config::ListenerMode::Reverse)
+            .map(|listener| (listener.name.as_str().into(), Services::of(&config, listener)))
+            .collect();
+        Self { config, tables, clusters, services }
     }
 
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
         self.clusters.values()
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.get(name)
+    }
+
+    /// The known services of an inbound or outbound listener.
+    pub fn services(&self, listener: &str) -> Option<&Services> {
+        self.services.iter().find(|(name, _)| &**name == listener).map(|(_, services)| services)
     }
 
     /// The routes of a listener (few listeners: a scan beats hashing).

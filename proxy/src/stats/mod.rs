@@ -12,6 +12,7 @@
 
 mod recorder;
 pub mod report;
+pub mod tcp;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -110,7 +111,14 @@ pub struct Stats {
     pub reloads_failed: AtomicU64,
     /// Open downstream connections per listener.
     connections: Mutex<BTreeMap<Arc<str>, Arc<AtomicU64>>>,
+    /// Opaque TCP forwarding per listener × cluster (cluster empty: the original destination).
+    tcp: Mutex<BTreeMap<TcpKey, Arc<tcp::TcpSeries>>>,
+    /// What sidecar listeners decided per connection.
+    listeners: Mutex<BTreeMap<Arc<str>, Arc<tcp::ListenerCounters>>>,
 }
+
+/// An opaque TCP series' key: listener, cluster.
+type TcpKey = (Arc<str>, Arc<str>);
 
 /// Counts one open downstream connection while it lives.
 #[derive(Debug)]
@@ -156,7 +164,34 @@ impl Stats {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             connections: Mutex::default(),
+            tcp: Mutex::default(),
+            listeners: Mutex::default(),
         }
+    }
+
+    /// The opaque TCP series of a listener × cluster (`""`: forwarded to the original destination),
+    /// kept for the life of the process.
+    pub fn tcp(&self, listener: &str, cluster: &str) -> Arc<tcp::TcpSeries> {
+        let key: TcpKey = (listener.into(), cluster.into());
+        lock(&self.tcp)
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(tcp::TcpSeries::new(key.0, key.1)))
+            .clone()
+    }
+
+    /// Every opaque TCP series, by listener and cluster.
+    pub fn all_tcp(&self) -> Vec<Arc<tcp::TcpSeries>> {
+        lock(&self.tcp).values().cloned().collect()
+    }
+
+    /// The per-connection decisions of a listener.
+    pub fn listener(&self, listener: &str) -> Arc<tcp::ListenerCounters> {
+        lock(&self.listeners).entry(listener.into()).or_default().clone()
+    }
+
+    /// Every listener that counted decisions, by name.
+    pub fn all_listeners(&self) -> Vec<(Arc<str>, Arc<tcp::ListenerCounters>)> {
+        lock(&self.listeners).iter().map(|(name, counters)| (name.clone(), counters.clone())).collect()
     }
 
     /// The open-connection counter of a listener.

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use super::tcp::{Detected, Refusal, TcpFigures};
 use super::{Recorder, RequestOutcome};
 use crate::exposition::{Exposition, Kind};
 use crate::snapshot::Shared;
@@ -37,7 +38,52 @@ pub fn stats_json(shared: &Shared) -> Value {
             "bad_request": stats.bad_request.load(Ordering::Relaxed),
         },
         "series": series,
+        "tcp": tcp_json(stats),
+        "listeners": listeners_json(stats),
     })
+}
+
+/// Opaque TCP forwarding per listener × cluster (`cluster` null: the original destination).
+fn tcp_json(stats: &super::Stats) -> Value {
+    let all: Vec<Value> = stats
+        .all_tcp()
+        .iter()
+        .map(|series| {
+            let figures = series.figures();
+            json!({
+                "listener": &*series.listener,
+                "cluster": if series.cluster.is_empty() { Value::Null } else { json!(&*series.cluster) },
+                "connections": figures.connections,
+                "active": figures.active,
+                "received_bytes": figures.received,
+                "sent_bytes": figures.sent,
+                "connect_failures": figures.connect_failures,
+            })
+        })
+        .collect();
+    Value::Array(all)
+}
+
+/// Per sidecar listener: protocols detected, loops refused, connections with nowhere to go.
+fn listeners_json(stats: &super::Stats) -> Value {
+    let all: serde_json::Map<String, Value> = stats
+        .all_listeners()
+        .iter()
+        .map(|(name, counters)| {
+            let detected: serde_json::Map<String, Value> = Detected::ALL
+                .iter()
+                .map(|detected| (detected.name().to_owned(), json!(counters.detections(*detected))))
+                .collect();
+            let refused: serde_json::Map<String, Value> = Refusal::ALL
+                .iter()
+                .map(|refusal| (refusal.name().to_owned(), json!(counters.refusals(*refusal))))
+                .collect();
+            let figures =
+                json!({ "detected": detected, "refused": refused, "loops_detected": counters.loops() });
+            (name.to_string(), figures)
+        })
+        .collect();
+    Value::Object(all)
 }
 
 fn figures(recorder: &Recorder, seconds: f64) -> Value {
@@ -181,6 +227,7 @@ pub fn metrics_text(shared: &Shared) -> String {
     for (listener, open) in stats.open_connections() {
         out.sample_u64(&[("listener", &listener)], open);
     }
+    tcp_metrics(&mut out, stats);
     out.family("process_start_time_seconds", Kind::Gauge, "Start time of the process since the Unix epoch.");
     let (uptime, _) = stats.spans();
     let started = std::time::SystemTime::now() - uptime;
@@ -196,6 +243,84 @@ pub fn metrics_text(shared: &Shared) -> String {
     out.sample_u64(&[("result", "ok")], stats.reloads_ok.load(Ordering::Relaxed));
     out.sample_u64(&[("result", "failed")], stats.reloads_failed.load(Ordering::Relaxed));
     out.finish()
+}
+
+/// The connection-level families: opaque TCP forwarding and sidecar listeners' decisions.
+fn tcp_metrics(out: &mut Exposition, stats: &super::Stats) {
+    let tcp: Vec<_> = stats.all_tcp().iter().map(|series| (series.clone(), series.figures())).collect();
+    /// A family: name, kind, help, and the figure it shows.
+    type Family = (&'static str, Kind, &'static str, fn(&TcpFigures) -> u64);
+    let families: [Family; 5] = [
+        (
+            "remora_tcp_connections_total",
+            Kind::Counter,
+            "Connections forwarded as opaque TCP, by listener and cluster (empty: the original destination).",
+            |figures| figures.connections,
+        ),
+        ("remora_tcp_active_connections", Kind::Gauge, "Opaque TCP connections open.", |figures| {
+            figures.active
+        }),
+        (
+            "remora_tcp_received_bytes_total",
+            Kind::Counter,
+            "Bytes received from downstream clients and forwarded upstream over opaque TCP.",
+            |figures| figures.received,
+        ),
+        (
+            "remora_tcp_sent_bytes_total",
+            Kind::Counter,
+            "Bytes received from upstreams and sent to downstream clients over opaque TCP.",
+            |figures| figures.sent,
+        ),
+        (
+            "remora_tcp_connect_failures_total",
+            Kind::Counter,
+            "Upstream connects that failed for opaque TCP connections.",
+            |figures| figures.connect_failures,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        out.family(name, kind, help);
+        for (series, figures) in &tcp {
+            // Forwarded to the original destination: no cluster label (Prometheus reads an empty
+            // value as no label anyway).
+            let labels: &[(&str, &str)] = &[("listener", &series.listener), ("cluster", &series.cluster)];
+            let labels = if series.cluster.is_empty() { &labels[..1] } else { labels };
+            out.sample_u64(labels, value(figures));
+        }
+    }
+    let listeners = stats.all_listeners();
+    out.family(
+        "remora_protocol_detections_total",
+        Kind::Counter,
+        "Protocols detected on inbound and outbound connections (timeout: nothing decisive within detect_timeout, forwarded as TCP).",
+    );
+    for (listener, counters) in &listeners {
+        for detected in Detected::ALL {
+            out.sample_u64(
+                &[("listener", listener), ("result", detected.name())],
+                counters.detections(detected),
+            );
+        }
+    }
+    out.family(
+        "remora_loops_detected_total",
+        Kind::Counter,
+        "Connections refused because their original destination was this proxy's own listener.",
+    );
+    for (listener, counters) in &listeners {
+        out.sample_u64(&[("listener", listener)], counters.loops());
+    }
+    out.family(
+        "remora_connections_refused_total",
+        Kind::Counter,
+        "Sidecar connections closed without forwarding: not redirected and nothing to serve them.",
+    );
+    for (listener, counters) in &listeners {
+        for refusal in Refusal::ALL {
+            out.sample_u64(&[("listener", listener), ("reason", refusal.name())], counters.refusals(refusal));
+        }
+    }
 }
 
 fn labels(series: &super::Series) -> [(&'static str, &str); 3] {
