@@ -134,7 +134,13 @@ impl Mesh {
                     .iter()
                     .map(|entry| format!("{} {}", entry["kind"], entry["detail"]))
                     .collect();
-                panic!("no {kind} entry within {TIMEOUT:?}; the journal:\n{}", journal.join("\n"))
+                let stderr = self.control().stderr();
+                let tail: Vec<&str> = stderr.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!(
+                    "no {kind} entry within {TIMEOUT:?}; the journal:\n{}\ncontrol's log (last 30 lines):\n{}",
+                    journal.join("\n"),
+                    tail.join("\n")
+                )
             }
         }
     }

@@ -159,6 +159,11 @@ impl Windows {
         self.nodes.get(node).map(|window| window.proxies.clone()).unwrap_or_default()
     }
 
+    /// The desired revision `proxy` acknowledged in its last report, if it has reported.
+    pub fn acked(&self, node: &str, proxy: &str) -> Option<u64> {
+        self.nodes.get(node)?.proxies.get(proxy)?.desired_revision
+    }
+
     /// When any proxy of the node last reported.
     pub fn last_report(&self, node: &str) -> Option<u64> {
         self.nodes.get(node)?.proxies.values().map(|seen| seen.last_unix_ms).max()

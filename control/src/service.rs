@@ -84,7 +84,7 @@ impl Service {
             degraded: Mutex::default(),
             loop_views: Mutex::default(),
             reported: tokio::sync::Notify::new(),
-            last_seq: AtomicU64::new(store.journal_after(0, usize::MAX)?.last().map_or(0, |entry| entry.seq)),
+            last_seq: AtomicU64::new(store.journal_head()?),
             store,
         })
     }
@@ -219,10 +219,15 @@ impl Service {
             )));
         }
         let now = now_ms();
-        lock(&self.windows)
-            .ingest(&report, now)
-            .map_err(|refused| Refusal::BadRequest(refused.to_string()))?;
-        if let Some(revision) = report.desired_revision {
+        let acked_before = {
+            let mut windows = lock(&self.windows);
+            let before = windows.acked(&report.node, &report.proxy);
+            windows.ingest(&report, now).map_err(|refused| Refusal::BadRequest(refused.to_string()))?;
+            before
+        };
+        // Stored when it changes (a write per report would be an fsync per proxy per second); the
+        // time of each report is in the windows.
+        if let Some(revision) = report.desired_revision.filter(|revision| acked_before != Some(*revision)) {
             self.store.set_applied(&report.node, &report.proxy, revision, now)?;
         }
         for event in &report.events {
@@ -345,13 +350,14 @@ impl Service {
             node: Some(node.to_owned()),
             detail,
         };
-        let revision = self.store.put_desired(node, &stored, &journal)?;
-        // The journal entry went in with the revision, in one transaction; read back for the stream.
-        let seen = self.last_seq.load(Ordering::Relaxed);
-        for entry in self.store.journal_after(seen, 64)? {
-            self.last_seq.fetch_max(entry.seq, Ordering::Relaxed);
-            self.publish(journal_entry(entry));
+        let written = self.store.put_desired(node, &stored, &journal)?;
+        let revision = written.revision;
+        // The store put the revision into the entry's detail, in the same transaction.
+        let mut journal = journal;
+        if let Value::Object(fields) = &mut journal.detail {
+            fields.insert("revision".to_owned(), revision.into());
         }
+        self.announce(written.seq, journal);
         self.desired_changed.send_modify(|generation| *generation += 1);
         Ok(DesiredState { node: node.to_owned(), revision, routes: update.routes, split: update.split })
     }
@@ -437,11 +443,12 @@ impl Service {
             })
             .collect();
         for (proxy, seen) in &seen {
-            proxies.entry(proxy.clone()).or_insert(ProxyView {
+            let view = proxies.entry(proxy.clone()).or_insert(ProxyView {
                 proxy: proxy.clone(),
                 applied_revision: seen.desired_revision,
                 last_report_unix_ms: Some(seen.last_unix_ms),
             });
+            view.last_report_unix_ms = view.last_report_unix_ms.max(Some(seen.last_unix_ms));
         }
         let breakers: Vec<(String, String)> = seen
             .values()

@@ -140,13 +140,13 @@ fn desired_revisions_count_up_per_node_with_their_journal_entry() {
     for expected in 1..=3 {
         let routes = json!({"weights": {"v1": 100 - expected * 10, "v2": expected * 10}});
         let journal = entry(expected, "desired", Some("payments"), json!({"reason": "canary step"}));
-        assert_eq!(store.put_desired("payments", &routes, &journal).unwrap(), expected);
+        assert_eq!(store.put_desired("payments", &routes, &journal).unwrap().revision, expected);
         let desired = store.desired("payments").unwrap().unwrap();
         assert_eq!((desired.revision, desired.routes, desired.unix_ms), (expected, routes, expected));
     }
     // Another node counts on its own; a detail that is not an object is kept as it is.
     assert_eq!(
-        store.put_desired("orders", &json!([]), &entry(9, "desired", None, json!("first"))).unwrap(),
+        store.put_desired("orders", &json!([]), &entry(9, "desired", None, json!("first"))).unwrap().revision,
         1
     );
 
@@ -163,7 +163,10 @@ fn desired_revisions_count_up_per_node_with_their_journal_entry() {
     );
     drop(store);
     let store = fixture.open();
-    assert_eq!(store.put_desired("payments", &json!({}), &entry(10, "desired", None, json!({}))).unwrap(), 4);
+    assert_eq!(
+        store.put_desired("payments", &json!({}), &entry(10, "desired", None, json!({}))).unwrap().revision,
+        4
+    );
 }
 
 #[test]
@@ -197,6 +200,10 @@ fn journal_seqs_strictly_increase_survive_reopen_and_page() {
     assert!(store.journal_after(26, 10).unwrap().is_empty());
     assert!(store.journal_after(u64::MAX, 10).unwrap().is_empty());
     assert_eq!(store.journal_after(0, usize::MAX).unwrap().len(), 26);
+    assert_eq!(
+        store.journal_head().unwrap(),
+        store.journal_after(0, usize::MAX).unwrap().last().unwrap().seq
+    );
 }
 
 #[test]

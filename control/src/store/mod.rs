@@ -50,12 +50,14 @@ pub trait Store: Send + Sync + 'static {
         node: &str,
         routes: &serde_json::Value,
         journal: &NewJournal,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<DesiredWritten, StoreError>;
     /// Records that `proxy` has applied `revision` of `node`'s desired state (a proxy's ack), and when
     /// it was last seen. The last ack wins, also if it names an older revision: it is the proxy's word.
     fn set_applied(&self, node: &str, proxy: &str, revision: u64, unix_ms: u64) -> Result<(), StoreError>;
     /// The proxies that have acked `node`'s desired state, by proxy name.
     fn proxies(&self, node: &str) -> Result<Vec<ProxyRecord>, StoreError>;
+    /// The journal's last sequence number (0 when empty).
+    fn journal_head(&self) -> Result<u64, StoreError>;
     /// Appends one entry; returns its sequence number (strictly increasing, never reused, survives
     /// restarts; the first is 1).
     fn append(&self, entry: &NewJournal) -> Result<u64, StoreError>;
@@ -124,6 +126,13 @@ pub struct JournalRecord {
     pub kind: String,
     pub node: Option<String>,
     pub detail: serde_json::Value,
+}
+
+/// What `put_desired` wrote: the node's new revision and the journal entry's sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DesiredWritten {
+    pub revision: u64,
+    pub seq: u64,
 }
 
 /// A rollout's state, owned by the rollout engine.

@@ -30,7 +30,8 @@ use rusqlite::{params, Connection, OpenFlags, Row, Transaction, TransactionBehav
 use serde_json::Value;
 
 use super::{
-    DesiredRecord, JournalRecord, NewJournal, NodeRecord, ProxyRecord, RolloutRecord, Store, StoreError,
+    DesiredRecord, DesiredWritten, JournalRecord, NewJournal, NodeRecord, ProxyRecord, RolloutRecord, Store,
+    StoreError,
 };
 
 /// The schema: `MIGRATIONS[i]` takes a store from version `i` to `i + 1`. Append only: a released
@@ -46,7 +47,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An SQLite store: a file, or memory for tests and demos.
 pub(super) struct SqliteStore {
+    /// Every write, and the reads of an in-memory store.
     conn: Mutex<Connection>,
+    /// A file store's reads: WAL lets them go on beside a write, so a slow fsync (seconds, on a disk
+    /// busy with other writers) holds up no reader (the API, the proxies' long-polls).
+    reader: Option<Mutex<Connection>>,
 }
 
 impl SqliteStore {
@@ -59,7 +64,16 @@ impl SqliteStore {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(&location, e))?;
-        Self::set_up(conn, &location, MIGRATIONS)
+        let mut store = Self::set_up(conn, &location, MIGRATIONS)?;
+        // Opened after the writer has set up WAL and the schema.
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| open_error(&location, e))?;
+        reader.busy_timeout(BUSY_TIMEOUT).map_err(|e| open_error(&location, e))?;
+        store.reader = Some(Mutex::new(reader));
+        Ok(store)
     }
 
     /// A store in memory: the same schema and behaviour, gone with the process.
@@ -96,7 +110,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| open_error(location, e))?;
         migrate(&mut conn, location, migrations)?;
         tracing::debug!(store = %location, schema = known, "store open");
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore { conn: Mutex::new(conn), reader: None })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -128,7 +142,11 @@ impl SqliteStore {
         operation: &'static str,
         f: impl FnOnce(&Connection) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
-        f(&self.lock()).map_err(|failure| failure.during(operation))
+        let result = match &self.reader {
+            Some(reader) => f(&reader.lock().unwrap_or_else(PoisonError::into_inner)),
+            None => f(&self.lock()),
+        };
+        result.map_err(|failure| failure.during(operation))
     }
 
     #[cfg(test)]
@@ -179,7 +197,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn put_desired(&self, node: &str, routes: &Value, journal: &NewJournal) -> Result<u64, StoreError> {
+    fn put_desired(
+        &self,
+        node: &str,
+        routes: &Value,
+        journal: &NewJournal,
+    ) -> Result<DesiredWritten, StoreError> {
         self.write("put_desired", |tx| {
             let stored: i64 = tx.query_row(
                 "INSERT INTO desired (node, revision, routes, unix_ms) VALUES (?1, 1, ?2, ?3)
@@ -194,8 +217,8 @@ impl Store for SqliteStore {
             if let Value::Object(fields) = &mut detail {
                 fields.insert("revision".to_owned(), revision.into());
             }
-            append(tx, journal, &detail)?;
-            Ok(revision)
+            let seq = append(tx, journal, &detail)?;
+            Ok(DesiredWritten { revision, seq })
         })
     }
 
@@ -224,6 +247,13 @@ impl Store for SqliteStore {
 
     fn append(&self, entry: &NewJournal) -> Result<u64, StoreError> {
         self.write("append", |tx| append(tx, entry, &entry.detail))
+    }
+
+    fn journal_head(&self) -> Result<u64, StoreError> {
+        self.read("journal_head", |conn| {
+            let head: Option<i64> = conn.query_row("SELECT MAX(seq) FROM journal", [], |row| row.get(0))?;
+            Ok(uint(|| "journal sequence number".to_owned(), head.unwrap_or(0))?)
+        })
     }
 
     fn journal_after(&self, seq: u64, limit: usize) -> Result<Vec<JournalRecord>, StoreError> {
@@ -526,7 +556,10 @@ mod tests {
         let (_dir, path) = temp_db();
         let store = SqliteStore::open_file(&path).unwrap();
         let first = json!({"weights": {"v1": 100}});
-        assert_eq!(store.put_desired("payments", &first, &entry(1, "desired", None, json!({}))).unwrap(), 1);
+        assert_eq!(
+            store.put_desired("payments", &first, &entry(1, "desired", None, json!({}))).unwrap().revision,
+            1
+        );
         fail_journal_kind_boom(&store);
 
         let error = store
@@ -541,9 +574,10 @@ mod tests {
         // The failed write took neither a revision nor a sequence number.
         assert_eq!(
             store.put_desired("payments", &json!({}), &entry(3, "desired", None, json!({}))).unwrap(),
-            2
+            DesiredWritten { revision: 2, seq: 2 }
         );
         assert_eq!(store.journal_after(0, 10).unwrap().last().unwrap().seq, 2);
+        assert_eq!(store.journal_head().unwrap(), 2);
     }
 
     #[test]
@@ -556,6 +590,25 @@ mod tests {
         assert!(matches!(error, StoreError::Backend { operation: "register", .. }), "{error}");
         assert_eq!(store.node("payments").unwrap().unwrap().version, "v1");
         assert_eq!(store.journal_after(0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn reads_go_on_while_a_write_is_under_way_and_see_only_what_is_committed() {
+        let (_dir, path) = temp_db();
+        let store = SqliteStore::open_file(&path).unwrap();
+        store.append(&entry(1, "first", None, json!({}))).unwrap();
+        // Inside a write transaction (the writer's lock held, as during a slow fsync) a read still
+        // answers, without the uncommitted entry.
+        let seen = store
+            .write("test", |tx| {
+                append(tx, &entry(2, "second", None, json!({})), &json!({}))?;
+                Ok(store.journal_after(0, 10).map(|entries| entries.len()))
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen, 1);
+        assert_eq!(store.journal_after(0, 10).unwrap().len(), 2, "committed now");
+        assert_eq!(store.journal_head().unwrap(), 2);
     }
 
     #[test]
@@ -708,7 +761,8 @@ mod tests {
                     &json!({"round": round}),
                     &entry(round, "desired", Some(&name), json!({})),
                 )
-                .unwrap();
+                .unwrap()
+                .revision;
             let rollout = RolloutRecord {
                 id: format!("rollout-{name}"),
                 node: name.clone(),
