@@ -172,11 +172,7 @@ mod tests {
     }
 
     fn slo(p99_ms: Option<u64>) -> Slo {
-        Slo {
-            success_rate: 0.99,
-            p99: p99_ms.map(remora_config::Duration::from_millis),
-            min_requests: 20,
-        }
+        Slo { success_rate: 0.99, p99: p99_ms.map(remora_config::Duration::from_millis), min_requests: 20 }
     }
 
     #[test]
