@@ -21,6 +21,10 @@
 //! application's own-address connections to the inbound chain is the simple rule that keeps "every
 //! connection to the pod meets the inbound listener" true.
 //!
+//! REDIRECT from OUTPUT sends to the loopback address (127.0.0.1, ::1), from PREROUTING to the
+//! address the packet came in on: the inbound listener must listen on the wildcard address, the
+//! outbound one on loopback or the wildcard.
+//!
 //! Everything is applied in one `iptables-restore --noflush` transaction per address family (see
 //! [`rules`] for how a second run converges to one set of rules), and `--cleanup` takes it all out.
 
