@@ -199,6 +199,14 @@ impl Namespace {
         results(&stdout)
     }
 
+    /// Connects to `addr` from inside the namespace, sends nothing, and returns the first `len`
+    /// bytes the server sends.
+    pub fn read_first(&self, addr: &str, len: usize) -> String {
+        let lines = self.helper_run(&["read", addr, &len.to_string()]);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        serde_json::from_str(&lines[0]).unwrap_or_else(|error| panic!("helper line {:?}: {error}", lines[0]))
+    }
+
     /// HTTP/1.1 GETs of `url` from inside the namespace, one connection each, in order.
     pub fn http_get(&self, url: &str, count: usize, headers: &[(&str, &str)]) -> Vec<HttpResponse> {
         let mut args = vec!["get".to_owned(), url.to_owned(), count.to_string()];
@@ -425,7 +433,7 @@ fn results(stdout: &str) -> Vec<String> {
 /// - `echo ADDR`: a TCP echo server (each connection's bytes back, then its end).
 /// - `greet ADDR TEXT`: a server that speaks first: writes TEXT on accepting, then waits for the end.
 /// - `send-echo ADDR BYTES SEED`: sends BYTES pseudo-random bytes, reads the echo, checks it.
-/// - `read ADDR BYTES`: connects, sends nothing, reads BYTES bytes and reports them.
+/// - `read ADDR BYTES`: connects, sends nothing, reads BYTES bytes and reports them (a JSON string).
 /// - `get URL COUNT [HEADER…]`: COUNT HTTP/1.1 GETs (a connection each), a JSON line per response.
 pub fn helper_main() {
     let Ok(args) = std::env::var(HELPER_ARGS) else {
@@ -460,7 +468,7 @@ pub fn helper_main() {
             let mut stream = connect(arg(1));
             let mut bytes = vec![0; number(2) as usize];
             stream.read_exact(&mut bytes).expect("read what the server sends first");
-            say(&String::from_utf8_lossy(&bytes));
+            say(&serde_json::to_string(&String::from_utf8_lossy(&bytes)).expect("JSON"));
         }
         "get" => {
             for _ in 0..number(2) {
