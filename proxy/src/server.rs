@@ -41,18 +41,71 @@ use crate::outcome::{CallResult, Outcome};
 use crate::pool::{Lease, UpstreamError};
 use crate::retry::{Replay, UpstreamBody, REPLAY_LIMIT};
 use crate::route::{host_of, RequestKey, RouteRetry};
-use crate::snapshot::Shared;
+use crate::snapshot::{Shared, Snapshot};
 use crate::stats::{micros, AccessEntry, Record, RequestOutcome, Series};
 
-/// The service of one downstream connection.
+/// The service of one downstream connection. `T` chooses each request's target: the listener's
+/// routes ([`Routes`], every reverse listener), or a fixed local app ([`LocalApp`], an inbound
+/// listener without routes); each is compiled on its own, so the routed path carries nothing of the
+/// other.
 #[derive(Clone)]
-pub struct ProxyService {
+pub struct ProxyService<T = Routes> {
     shared: Arc<Shared>,
     listener: Arc<str>,
     /// The client's IP, formatted once per connection for `x-forwarded-for`.
     client_ip: HeaderValue,
-    /// Set on an inbound listener without routes: every request goes to the local app.
-    local: Option<Arc<LocalApp>>,
+    targets: T,
+}
+
+/// How a request's target is chosen (step 3 and 4, or a fixed target).
+pub trait Targets: Clone + Send + Sync + 'static {
+    /// The cluster and series for `request`, with the route's timeout and retry state.
+    fn target<'a>(
+        &'a self,
+        snapshot: &'a Snapshot,
+        listener: &str,
+        request: &Request<Incoming>,
+        host: Option<&str>,
+    ) -> Result<Target<'a>, ErrorKind>;
+}
+
+/// What [`Targets`] chose for one request, borrowed from the snapshot (or the local app).
+pub struct Target<'a> {
+    pub cluster: &'a Arc<Cluster>,
+    pub series: &'a Arc<Series>,
+    pub timeout: Option<Duration>,
+    pub retry: Option<&'a Arc<RouteRetry>>,
+}
+
+/// The listener's route table, then the route's weighted split.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Routes;
+
+impl Targets for Routes {
+    #[inline]
+    fn target<'a>(
+        &'a self,
+        snapshot: &'a Snapshot,
+        listener: &str,
+        request: &Request<Incoming>,
+        host: Option<&str>,
+    ) -> Result<Target<'a>, ErrorKind> {
+        let table = snapshot.table(listener).ok_or(ErrorKind::NoRoute)?;
+        let key = RequestKey {
+            host: host.map(host_of),
+            path: request.uri().path(),
+            method: request.method(),
+            headers: request.headers(),
+        };
+        let route = table.find(&key).ok_or(ErrorKind::NoRoute)?;
+        let target = route.split.pick(request.headers());
+        Ok(Target {
+            cluster: &target.cluster,
+            series: &target.series,
+            timeout: route.timeout,
+            retry: route.retry.as_ref(),
+        })
+    }
 }
 
 /// A target chosen without a route: a cluster, and the series its requests are counted in.
@@ -63,22 +116,35 @@ pub struct Fixed {
 }
 
 /// The local app behind an inbound listener without routes, on one port: HTTP/2 requests go to it
-/// over HTTP/2 (gRPC keeps its trailers), others over HTTP/1.1.
+/// over HTTP/2 (gRPC keeps its trailers), others over HTTP/1.1; no route timeout, no retries.
 #[derive(Debug)]
 pub struct LocalApp {
     pub http1: Fixed,
     pub http2: Fixed,
 }
 
+impl Targets for Arc<LocalApp> {
+    fn target<'a>(
+        &'a self,
+        _: &'a Snapshot,
+        _: &str,
+        request: &Request<Incoming>,
+        _: Option<&str>,
+    ) -> Result<Target<'a>, ErrorKind> {
+        let fixed = if request.version() == Version::HTTP_2 { &self.http2 } else { &self.http1 };
+        Ok(Target { cluster: &fixed.cluster, series: &fixed.series, timeout: None, retry: None })
+    }
+}
+
 type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
 impl ProxyService {
     pub fn new(shared: Arc<Shared>, listener: Arc<str>, client: std::net::SocketAddr) -> Self {
-        let client_ip = HeaderValue::from_str(&client.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { shared, listener, client_ip, local: None }
+        Self::with(shared, listener, client, Routes)
     }
+}
 
+impl ProxyService<Arc<LocalApp>> {
     /// The service of a connection to the local app behind an inbound listener without routes.
     pub fn local(
         shared: Arc<Shared>,
@@ -86,7 +152,15 @@ impl ProxyService {
         client: std::net::SocketAddr,
         app: Arc<LocalApp>,
     ) -> Self {
-        Self { local: Some(app), ..Self::new(shared, listener, client) }
+        Self::with(shared, listener, client, app)
+    }
+}
+
+impl<T: Targets> ProxyService<T> {
+    fn with(shared: Arc<Shared>, listener: Arc<str>, client: std::net::SocketAddr, targets: T) -> Self {
+        let client_ip = HeaderValue::from_str(&client.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { shared, listener, client_ip, targets }
     }
 
     /// Routes and picks the backend; cleans the headers.
@@ -94,24 +168,9 @@ impl ProxyService {
         let host = request_host(&request)?;
         let snapshot = self.shared.snapshot.load();
         let access_log = snapshot.config.stats.access_log;
-        let (cluster, series, timeout, retry) = match &self.local {
-            None => {
-                let table = snapshot.table(&self.listener).ok_or(ErrorKind::NoRoute)?;
-                let key = RequestKey {
-                    host: host.map(host_of),
-                    path: request.uri().path(),
-                    method: request.method(),
-                    headers: request.headers(),
-                };
-                let route = table.find(&key).ok_or(ErrorKind::NoRoute)?;
-                let target = route.split.pick(request.headers());
-                (target.cluster.clone(), target.series.clone(), route.timeout, route.retry.as_ref())
-            }
-            Some(app) => {
-                let fixed = if request.version() == Version::HTTP_2 { &app.http2 } else { &app.http1 };
-                (fixed.cluster.clone(), fixed.series.clone(), None, None)
-            }
-        };
+        let target = self.targets.target(&snapshot, &self.listener, &request, host)?;
+        let (cluster, series, timeout, retry) =
+            (target.cluster.clone(), target.series.clone(), target.timeout, target.retry);
         let access = access_log.then(|| {
             Box::new(AccessEntry {
                 method: request.method().clone(),
@@ -148,7 +207,7 @@ impl ProxyService {
     }
 }
 
-impl hyper::service::Service<Request<Incoming>> for ProxyService {
+impl<T: Targets> hyper::service::Service<Request<Incoming>> for ProxyService<T> {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = ServiceFuture;

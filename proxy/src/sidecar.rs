@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 use crate::cluster::Cluster;
 use crate::detect::{self, Prefixed};
-use crate::server::{Fixed, LocalApp, ProxyService};
+use crate::server::{Fixed, LocalApp, ProxyService, Targets};
 use crate::snapshot::Shared;
 use crate::stats::tcp::{Detected, ListenerCounters, Refusal, TcpSeries};
 use crate::tcp::{self, OwnPorts};
@@ -553,19 +553,32 @@ impl Context {
                 } else {
                     bytes::BytesMut::new()
                 };
-                if let Err(error) = stream.set_nodelay(true) {
-                    tracing::debug!(%error, "could not set TCP_NODELAY");
-                }
-                let service = match local {
-                    None => ProxyService::new(self.shared.clone(), self.name.clone(), client),
-                    Some(local) => ProxyService::local(self.shared.clone(), self.name.clone(), client, local),
-                };
-                let io = TokioIo::new(Prefixed::new(prefix, stream));
-                let connection = self.builder.serve_connection_with_upgrades(io, service);
-                if let Err(error) = watcher.watch(connection).await {
-                    tracing::debug!(%client, %error, "connection ended with an error");
+                let io = Prefixed::new(prefix, stream);
+                let (shared, name) = (self.shared.clone(), self.name.clone());
+                match local {
+                    None => {
+                        self.serve_http(io, client, ProxyService::new(shared, name, client), watcher).await
+                    }
+                    Some(app) => {
+                        let service = ProxyService::local(shared, name, client, app);
+                        self.serve_http(io, client, service, watcher).await
+                    }
                 }
             }
+        }
+    }
+
+    /// Serves HTTP on a connection whose first bytes were read already.
+    async fn serve_http<T: Targets>(
+        &self,
+        io: Prefixed<TcpStream>,
+        client: SocketAddr,
+        service: ProxyService<T>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let connection = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        if let Err(error) = watcher.watch(connection).await {
+            tracing::debug!(%client, %error, "connection ended with an error");
         }
     }
 }
