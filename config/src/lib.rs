@@ -21,7 +21,7 @@ mod validate;
 pub use control_config::{load_control_file, load_control_str, ControlConfig};
 pub use diff::{diff, Change};
 pub use duration::Duration;
-pub use error::{ConfigError, ConfigErrors, LoadError};
+pub use error::{error_chain, ConfigError, ConfigErrors, LoadError};
 pub use load::{load_file, load_str, Source};
 pub use model::{
     Admin, Backend, Balance, Breaker, BreakerWindow, Cluster, Config, Control, Endpoint, EventRef, HostMatch,

@@ -384,7 +384,7 @@ async fn run_webhook(kind: HookKind, url: &str, timeout: Duration, input: Bytes)
     let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(HttpConnector::new());
     let exchange = async {
         let response = client.request(request).await.map_err(|error| {
-            let detail = format!("{url:?}: {}", chain(&error));
+            let detail = format!("{url:?}: {}", remora_config::error_chain(&error));
             if error.is_connect() {
                 HookError::Start(detail)
             } else {
@@ -416,18 +416,6 @@ async fn run_webhook(kind: HookKind, url: &str, timeout: Duration, input: Bytes)
         .await
         .map_err(|_| HookError::Timeout { after: timeout })??;
     parse_answer(&body)
-}
-
-/// An error and its causes, `: `-joined (hyper-util's own text is only "client error (Connect)").
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A hook's target for the log: the command line, or the URL without credentials or query (where

@@ -184,7 +184,8 @@ impl Api {
             message: format!("cannot build the request: {error}"),
         })?;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|error| describe(&error))?;
+            let response =
+                self.client.request(request).await.map_err(|error| remora_config::error_chain(&error))?;
             let status = response.status();
             let answer = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
@@ -205,18 +206,6 @@ impl Api {
             Ok(Ok(answer)) => Ok(answer),
         }
     }
-}
-
-/// A connection error with its causes (hyper-util's own text says only "client error (Connect)").
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn parse<T: serde::de::DeserializeOwned>(status: StatusCode, answer: &[u8]) -> Result<T, Failure> {
