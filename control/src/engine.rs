@@ -171,56 +171,51 @@ impl Engine {
                 });
                 self.journal("degraded", node, &trace, detail);
                 self.set_degraded(node, true, &constraints.join("; "), &trace);
-                self.remediate(state, node, &serving, symptoms, constraints, now);
+                self.call(state, HookKind::Remediate, node, &serving, symptoms, constraints, now);
             }
             Step::StillDegraded { symptoms, constraints } => {
                 let trace = episode.trace_id.clone();
                 let detail =
                     json!({ "version": serving.version, "symptoms": symptoms, "constraints": constraints });
                 self.journal("remedy_did_not_help", node, &trace, detail);
-                self.regenerate(state, node, &serving, symptoms, constraints, now);
+                self.call(state, HookKind::Regenerate, node, &serving, symptoms, constraints, now);
             }
         }
     }
 
-    fn remediate(
+    /// The next rung: the remediate hook (without one, regenerate), or the regenerate hook (without
+    /// one, held). `kind` is Remediate or Regenerate.
+    #[allow(clippy::too_many_arguments)]
+    fn call(
         self: &Arc<Self>,
         state: &mut State,
+        kind: HookKind,
         node: &str,
         serving: &DesiredVersion,
         symptoms: analysis::Symptoms,
         constraints: Vec<String>,
         now: u64,
     ) {
-        let Some(hook) = self.hook(node, HookKind::Remediate) else {
-            return self.regenerate(state, node, serving, symptoms, constraints, now);
+        let Some(hook) = self.hook(node, kind) else {
+            return match kind {
+                HookKind::Remediate => {
+                    self.call(state, HookKind::Regenerate, node, serving, symptoms, constraints, now)
+                }
+                _ => self.hold(state, node, "degraded and no regenerate hook is configured".into(), now),
+            };
         };
         let episode = state.ladders.entry(node.to_owned()).or_default();
-        let input = self.hook_input(HookKind::Remediate, node, serving, &symptoms, &constraints);
-        episode.ladder = Ladder::Remediating { since_unix_ms: now, symptoms, constraints };
-        let trace = episode.trace_id.clone();
-        self.journal("remediating", node, &trace, json!({ "hook": describe(&hook), "input": input }));
-        self.spawn_hook(node, HookKind::Remediate, hook, input);
-    }
-
-    fn regenerate(
-        self: &Arc<Self>,
-        state: &mut State,
-        node: &str,
-        serving: &DesiredVersion,
-        symptoms: analysis::Symptoms,
-        constraints: Vec<String>,
-        now: u64,
-    ) {
-        let Some(hook) = self.hook(node, HookKind::Regenerate) else {
-            return self.hold(state, node, "degraded and no regenerate hook is configured".into(), now);
+        let input = self.hook_input(kind, node, serving, &symptoms, &constraints);
+        let (ladder, entry) = match kind {
+            HookKind::Remediate => {
+                (Ladder::Remediating { since_unix_ms: now, symptoms, constraints }, "remediating")
+            }
+            _ => (Ladder::Regenerating { since_unix_ms: now, symptoms, constraints }, "regenerating"),
         };
-        let episode = state.ladders.entry(node.to_owned()).or_default();
-        let input = self.hook_input(HookKind::Regenerate, node, serving, &symptoms, &constraints);
-        episode.ladder = Ladder::Regenerating { since_unix_ms: now, symptoms, constraints };
+        episode.ladder = ladder;
         let trace = episode.trace_id.clone();
-        self.journal("regenerating", node, &trace, json!({ "hook": describe(&hook), "input": input }));
-        self.spawn_hook(node, HookKind::Regenerate, hook, input);
+        self.journal(entry, node, &trace, json!({ "hook": describe(&hook), "input": input }));
+        self.spawn_hook(node, kind, hook, input);
     }
 
     /// Stops the ladder in its safe state: traffic stays where it is (the last good version).
