@@ -135,7 +135,8 @@ impl Mesh {
                     .map(|entry| format!("{} {}", entry["kind"], entry["detail"]))
                     .collect();
                 let stderr = self.control().stderr();
-                let tail: Vec<&str> = stderr.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+                let tail: Vec<&str> =
+                    stderr.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
                 panic!(
                     "no {kind} entry within {TIMEOUT:?}; the journal:\n{}\ncontrol's log (last 30 lines):\n{}",
                     journal.join("\n"),
