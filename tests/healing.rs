@@ -127,22 +127,7 @@ impl Mesh {
         .await;
         match found {
             Ok(entry) => entry,
-            Err(_) => {
-                let journal: Vec<String> = self
-                    .journal()
-                    .await
-                    .iter()
-                    .map(|entry| format!("{} {}", entry["kind"], entry["detail"]))
-                    .collect();
-                let stderr = self.control().stderr();
-                let tail: Vec<&str> =
-                    stderr.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
-                panic!(
-                    "no {kind} entry within {TIMEOUT:?}; the journal:\n{}\ncontrol's log (last 30 lines):\n{}",
-                    journal.join("\n"),
-                    tail.join("\n")
-                )
-            }
+            Err(_) => panic!("no {kind} entry within {TIMEOUT:?}\n{}", self.diagnosis().await),
         }
     }
 
@@ -152,17 +137,43 @@ impl Mesh {
         node
     }
 
+    /// Waits (bounded by `TIMEOUT`) until the node's view `matches`; on timeout the failure shows the
+    /// last view, the journal and control's log.
     async fn wait_node(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
-        within(what, async {
+        let mut last = Value::Null;
+        let found = tokio::time::timeout(TIMEOUT, async {
             loop {
                 let (status, node) = self.control().call(Method::GET, "/v1/nodes/payments", None).await;
                 if status == 200 && matches(&node) {
                     return node;
                 }
+                last = node;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
-        .await
+        .await;
+        match found {
+            Ok(node) => node,
+            Err(_) => {
+                let mut diagnosis = format!("the node's last view: {last:#}\n");
+                diagnosis.push_str(&self.diagnosis().await);
+                panic!("timed out after {TIMEOUT:?} waiting for {what}\n{diagnosis}")
+            }
+        }
+    }
+
+    /// The journal and the end of control's log, for a failure message.
+    async fn diagnosis(&self) -> String {
+        let journal: Vec<String> = self
+            .journal()
+            .await
+            .iter()
+            .map(|entry| format!("{} {}", entry["kind"], entry["detail"]))
+            .collect();
+        let stderr = self.control().stderr();
+        let lines: Vec<&str> = stderr.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        format!("the journal:\n{}\ncontrol's log (last 30 lines):\n{tail}", journal.join("\n"))
     }
 
     async fn start_rollout(&self, canary: SocketAddr, steps: Option<&[u32]>) -> Value {
