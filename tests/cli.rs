@@ -218,9 +218,9 @@ async fn nodes_prints_a_table_and_json_as_the_api_sent_it() {
     assert_eq!(
         text(&output.stdout),
         "\
-NAME      VERSION  STATUS      RPS  SUCCESS    P99  PROXIES  LAST REPORT
-payments  v2       degraded    100    95.0%  250ms  1 (3/3)  3d ago
-orders    1.10.3   registered    -        -      -  0        never
+NAME      VERSION  STATUS      RPS  SUCCESS    P99  PROXIES  LAST REPORT  HEALING
+payments  v2       degraded    100    95.0%  250ms  1 (3/3)  3d ago       -
+orders    1.10.3   registered    -        -      -  0        never        -
 "
     );
 

@@ -74,6 +74,7 @@ pub fn nodes_table(nodes: &[NodeView], now_ms: u64) -> String {
         ("P99", Align::Right),
         ("PROXIES", Align::Left),
         ("LAST REPORT", Align::Left),
+        ("HEALING", Align::Left),
     ];
     let rows: Vec<Vec<String>> = nodes
         .iter()
@@ -81,17 +82,43 @@ pub fn nodes_table(nodes: &[NodeView], now_ms: u64) -> String {
             let stats = node.stats.as_ref();
             vec![
                 node.name.clone(),
-                node.version.clone(),
+                node.serving_version.clone().unwrap_or_else(|| node.version.clone()),
                 status_name(node.status).to_owned(),
                 stats.map_or_else(dash, |stats| rps(stats.rps)),
                 stats.and_then(|stats| stats.success_rate).map_or_else(dash, percent),
                 stats.and_then(|stats| stats.p99_ms).map_or_else(dash, millis),
                 proxies_cell(&node.proxies, node.desired_revision),
                 ago(node.last_report_unix_ms, now_ms),
+                healing_cell(node),
             ]
         })
         .collect();
     table("", &headers, &rows)
+}
+
+/// `-` for a healthy node without a rollout under way; else its ladder step and the rollout:
+/// `regenerating`, `canary, v2 at 25%`, `held`, `v3 at 10% (paused)`.
+fn healing_cell(node: &NodeView) -> String {
+    let mut parts = Vec::new();
+    if let Some(healing) = node.healing.as_ref().filter(|healing| healing.phase != "healthy") {
+        parts.push(one_line(&healing.phase));
+    }
+    if let Some(rollout) = node
+        .rollout
+        .as_ref()
+        .filter(|rollout| matches!(rollout.phase.as_str(), "progressing" | "paused" | "promoting"))
+    {
+        let mut text = format!("{} at {}%", one_line(&rollout.canary.version), rollout.weight);
+        if rollout.phase != "progressing" {
+            let _ = write!(text, " ({})", rollout.phase);
+        }
+        parts.push(text);
+    }
+    if parts.is_empty() {
+        dash()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// `status`: the summary above the nodes table.
@@ -751,14 +778,31 @@ mod tests {
             p99_ms: Some(0.42),
             breakers: vec![],
         });
+        checkout.serving_version = Some("v3".to_owned());
+        checkout.healing = Some(remora_config::rollout::HealingView {
+            phase: "canary".to_owned(),
+            since_unix_ms: None,
+            reason: None,
+            breaches: 0,
+        });
+        checkout.rollout = Some(
+            serde_json::from_value(json!({
+                "id": "r", "node": "checkout", "origin": "healing", "phase": "paused",
+                "stable": {"version": "v3"}, "canary": {"version": "v4", "endpoints": ["127.0.0.1:1"]},
+                "weight": 25, "step": 1, "steps": [10, 25, 100], "failed_checks": 0, "max_failed_checks": 1,
+                "started_unix_ms": 0, "step_started_unix_ms": 0, "step_interval_ms": 1000, "revision": 3,
+                "acked": true
+            }))
+            .expect("a rollout view"),
+        );
         let text = nodes_table(&[payments(), orders(), checkout], NOW);
         assert_eq!(
             text,
             "\
-NAME      VERSION  STATUS      RPS  SUCCESS     P99  PROXIES    LAST REPORT
-payments  v2       degraded    100    95.0%   250ms  2 (2,3/3)  2s ago
-orders    1.10.3   registered    -        -       -  0          never
-checkout  v2       healthy     1.2    99.9%  0.42ms  1 (3/3)    1h ago
+NAME      VERSION  STATUS      RPS  SUCCESS     P99  PROXIES    LAST REPORT  HEALING
+payments  v2       degraded    100    95.0%   250ms  2 (2,3/3)  2s ago       -
+orders    1.10.3   registered    -        -       -  0          never        -
+checkout  v3       healthy     1.2    99.9%  0.42ms  1 (3/3)    1h ago       canary, v4 at 25% (paused)
 "
         );
     }
