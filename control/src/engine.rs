@@ -340,10 +340,8 @@ impl Engine {
                                 };
                             }
                             Err(refusal) => {
-                                let reason = format!(
-                                    "the regenerated version cannot be rolled out: {}",
-                                    refusal_text(&refusal)
-                                );
+                                let reason =
+                                    format!("the regenerated version cannot be rolled out: {refusal}");
                                 self.hold(&mut state, node, reason, now);
                             }
                         }
@@ -516,7 +514,7 @@ impl Engine {
             Err(refusal) => {
                 tracing::error!(
                     node = rollout.node,
-                    error = refusal_text(&refusal),
+                    error = refusal.to_string(),
                     "cannot push a rollout's split"
                 );
             }
@@ -727,10 +725,6 @@ fn describe(hook: &Hook) -> String {
         remora_config::control_config::HookTarget::Url(url) => url.clone(),
         remora_config::control_config::HookTarget::Command(argv) => argv.join(" "),
     }
-}
-
-fn refusal_text(refusal: &Refusal) -> String {
-    refusal.to_string()
 }
 
 /// Steps as the config checks them: increasing, each in 1..=100, the last 100.

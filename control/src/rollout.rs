@@ -102,8 +102,6 @@ pub struct Rollout {
     /// Index into `settings.steps` of the current step.
     pub step: usize,
     pub failed_checks: u32,
-    /// Passing checks in the current step.
-    pub passed_checks: u32,
     pub started_unix_ms: u64,
     pub step_started_unix_ms: u64,
     /// When the last counted check was made (0: none yet).
@@ -164,7 +162,6 @@ impl Rollout {
             phase: Phase::Progressing,
             step: 0,
             failed_checks: 0,
-            passed_checks: 0,
             started_unix_ms: now,
             step_started_unix_ms: now,
             last_check_unix_ms: 0,
@@ -243,7 +240,6 @@ impl Rollout {
             }
             Verdict::Pass { .. } if due => {
                 self.last_check_unix_ms = now;
-                self.passed_checks += 1;
                 let held = now.saturating_sub(self.step_started_unix_ms) >= settings.step_interval_ms;
                 if !held {
                     Decision::Hold
@@ -266,7 +262,6 @@ impl Rollout {
             Decision::Advance => {
                 self.step += 1;
                 self.step_started_unix_ms = now;
-                self.passed_checks = 0;
             }
             Decision::Promote => self.phase = Phase::Promoting,
             Decision::RollBack { reason } => self.finish(Phase::RolledBack, reason.clone(), now),
@@ -298,7 +293,6 @@ impl Rollout {
                 self.phase = Phase::Progressing;
                 self.reason = None;
                 self.step_started_unix_ms = now;
-                self.passed_checks = 0;
                 Ok(())
             }
             phase => Err(format!("a {} rollout cannot be resumed", phase.name())),
@@ -310,7 +304,6 @@ impl Rollout {
     pub fn resumed_after_restart(&mut self, now: u64) {
         if self.phase == Phase::Progressing {
             self.step_started_unix_ms = now;
-            self.passed_checks = 0;
             self.last_check_unix_ms = 0;
         }
         self.acked_unix_ms = None;
