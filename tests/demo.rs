@@ -21,17 +21,18 @@ async fn the_demo_heals_the_node_and_rolls_the_bad_canary_back() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "exit {:?}\n{stdout}\n{stderr}", output.status);
     for expected in [
-        "DEGRADED v1: ",
-        "remediating: calling the remediate hook",
-        "the remedy did not help",
-        "regenerated: v2 on",
-        "rollout of v2 started at 10%",
-        "canary healthy: on to 25%",
-        "promoting v2",
-        "HEALED: v2 serving",
-        "retired v1",
-        "ROLLED BACK v3: 1 of 1 checks failed at 10%",
+        "degraded             v1: ",
+        "remediating          hook http://",
+        "remedy_did_not_help  still breaching",
+        "regenerated          v2 on",
+        "rollout_started      revision 1, v1 90% / v2 10%",
+        "rollout_step         revision 2, v1 75% / v2 25%",
+        "rollout_promoting",
+        "healed               v2 serving",
+        "retired              v1 retired",
+        "1 of 1 checks failed at 10%",
         "time to detect",
+        "time to canary",
         "time to recover",
         "first failed v3 answer → weight 0 applied by every proxy",
     ] {

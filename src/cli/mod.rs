@@ -5,7 +5,7 @@
 
 pub(crate) mod client;
 mod events;
-mod render;
+pub(crate) mod render;
 mod rollout;
 mod sse;
 

@@ -536,60 +536,33 @@ fn status_line(node: &NodeView, tally: &Tally) -> String {
     line
 }
 
-/// One line for the healing entries of the journal; `None` for the others.
+/// The journal entries the demo shows (the healing loop's), one line each as `remora events` reads
+/// them; `None` for the others.
 fn describe(entry: &JournalEntry) -> Option<String> {
-    let detail = &entry.detail;
-    let text = |key: &str| detail.get(key).and_then(Value::as_str).unwrap_or("?").to_owned();
-    let constraints = || {
-        detail
-            .get("constraints")
-            .and_then(Value::as_array)
-            .map(|list| list.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "))
-            .unwrap_or_default()
-    };
-    let line = match entry.kind.as_str() {
-        "degraded" => format!("DEGRADED {}: {}", text("version"), constraints()),
-        "remediating" => "remediating: calling the remediate hook".to_owned(),
-        "remediated" => format!(
-            "remedy applied; cooling down {} ms",
-            detail.get("cooldown_ms").and_then(Value::as_u64).unwrap_or(0)
-        ),
-        "remedy_did_not_help" => format!("the remedy did not help: {}", constraints()),
-        "regenerating" => "regenerating: calling the regenerate hook with the constraints".to_owned(),
-        "regenerated" => format!(
-            "regenerated: {} on {}",
-            text("version"),
-            detail.get("endpoints").map(Value::to_string).unwrap_or_default()
-        ),
-        "rollout_started" => format!(
-            "rollout of {} started at {}%",
-            detail.pointer("/canary/version").and_then(Value::as_str).unwrap_or("?"),
-            detail.get("weight").and_then(Value::as_u64).unwrap_or(0)
-        ),
-        "rollout_step" => {
-            format!("canary healthy: on to {}%", detail.get("weight").and_then(Value::as_u64).unwrap_or(0))
-        }
-        "rollout_promoting" => format!("promoting {}", text("version")),
-        "rollout_succeeded" => {
-            format!("{} is the stable version; retiring {}", text("version"), text("replaced"))
-        }
-        "retired" => {
-            format!("retired {}", detail.get("version").and_then(Value::as_str).unwrap_or("the old version"))
-        }
-        "healed" => format!("HEALED: {} serving", text("version")),
-        "rollout_rolled_back" => format!("ROLLED BACK {}: {}", text("version"), text("reason")),
-        "rollout_failed" => format!("rollout failed: {}", text("reason")),
-        "rollout_acked" => format!(
-            "{}% applied by every proxy ({} ms after the push)",
-            detail.get("weight").and_then(Value::as_u64).unwrap_or(0),
-            detail.get("push_to_ack_ms").and_then(Value::as_u64).unwrap_or(0)
-        ),
-        "hook_failed" => format!("the {} hook failed: {}", text("hook"), text("error")),
-        "held" => format!("HELD: {}", text("reason")),
-        "recovered" => format!("recovered ({})", text("from")),
-        _ => return None,
-    };
-    Some(line)
+    const SHOWN: &[&str] = &[
+        "degraded",
+        "remediating",
+        "remediated",
+        "remedy_did_not_help",
+        "regenerating",
+        "regenerated",
+        "rollout_started",
+        "rollout_step",
+        "rollout_check_failed",
+        "rollout_promoting",
+        "rollout_succeeded",
+        "rollout_rolled_back",
+        "rollout_failed",
+        "rollout_acked",
+        "retired",
+        "healed",
+        "hook_failed",
+        "held",
+        "recovered",
+    ];
+    SHOWN
+        .contains(&entry.kind.as_str())
+        .then(|| format!("{:<20} {}", entry.kind, crate::cli::render::summary(&entry.kind, &entry.detail)))
 }
 
 fn seconds(ms: u64) -> String {
