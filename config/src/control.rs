@@ -603,22 +603,7 @@ mod tests {
     #[test]
     fn node_view_round_trips() {
         let view = NodeView {
-            name: "payments".to_owned(),
-            version: "v2".to_owned(),
             status: NodeStatus::Degraded,
-            endpoints: vec!["127.0.0.1:8080".to_owned()],
-            publishes: vec![event("payment.settled", 2)],
-            consumes: vec![],
-            proxies: vec![
-                ProxyView {
-                    proxy: "a:1".to_owned(),
-                    applied_revision: Some(3),
-                    last_report_unix_ms: Some(1_700),
-                },
-                ProxyView { proxy: "b:2".to_owned(), applied_revision: None, last_report_unix_ms: None },
-            ],
-            last_report_unix_ms: Some(1_700),
-            desired_revision: 3,
             stats: Some(NodeStats {
                 window_seconds: 10.0,
                 requests: 1_000,
@@ -628,11 +613,7 @@ mod tests {
                 p99_ms: Some(250.0),
                 breakers: vec![("payments-v2".to_owned(), "open".to_owned())],
             }),
-            recent_events: Vec::new(),
-            serving_version: None,
-            versions: Default::default(),
-            healing: None,
-            rollout: None,
+            ..registered_view()
         };
         round_trip(
             view.clone(),
@@ -653,7 +634,27 @@ mod tests {
         let mut expected = serde_json::to_value(&view).unwrap();
         expected["status"] = json!("registered");
         expected["stats"] = json!(null);
-        round_trip(NodeView { status: NodeStatus::Registered, stats: None, ..view }, expected);
+        round_trip(NodeView { status: NodeStatus::Registered, stats: None, ..view.clone() }, expected);
+
+        // What the healing loop adds: each field appears only when set, and comes back as it went.
+        let figures = view.stats.clone().expect("stats");
+        let healing = NodeView {
+            serving_version: Some("v3".to_owned()),
+            versions: BTreeMap::from([("v3".to_owned(), figures)]),
+            healing: Some(crate::rollout::HealingView {
+                phase: "canary".to_owned(),
+                since_unix_ms: Some(1_600),
+                reason: Some("rolling out the regenerated version v3".to_owned()),
+                breaches: 0,
+            }),
+            ..view
+        };
+        let value = serde_json::to_value(&healing).unwrap();
+        assert_eq!(value["serving_version"], "v3");
+        assert_eq!(value["versions"]["v3"]["requests"], 1000);
+        assert_eq!(value["healing"]["phase"], "canary");
+        assert!(value.get("rollout").is_none(), "{value}");
+        assert_eq!(serde_json::from_value::<NodeView>(value).unwrap(), healing);
     }
 
     fn registered_view() -> NodeView {

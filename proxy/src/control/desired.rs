@@ -452,7 +452,7 @@ mod tests {
     use super::*;
 
     fn base() -> Config {
-        remora_config::load_str(
+        load(
             r#"
 [[listeners]]
 name = "public"
@@ -470,9 +470,7 @@ endpoints = ["127.0.0.1:9002"]
 [clusters.other]
 endpoints = ["127.0.0.1:9003"]
 "#,
-            remora_config::Source::TextOnly,
         )
-        .expect("a valid config")
     }
 
     fn desired(routes: &[(&str, &[(&str, u32)])]) -> DesiredState {
