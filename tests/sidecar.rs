@@ -595,12 +595,34 @@ fn without_the_uid_exemption_the_proxy_would_loop() {
     }
     // The control for the test above: rules that exempt another UID send the proxy's own outbound
     // connections back into it, which it refuses and counts; so a zero there means something.
+    // Port 8080 is a known service (HTTP through a route and the cluster's pool), 8081 is not
+    // (opaque TCP to the original destination): both kinds of upstream connection are caught.
     let pair = netns::Pair::new();
-    let _pod = Pod::start(&pair, &["--proxy-uid", "2103"], &sidecar_config("", ""));
+    let routes = format!(
+        r#"
+[[routes]]
+name = "remote"
+listener = "outbound"
+backends = [{{ cluster = "remote" }}]
+
+[clusters.remote]
+endpoints = ["{}:8080"]
+"#,
+        pair.client_ip
+    );
+    let _pod = Pod::start(&pair, &["--proxy-uid", "2103"], &sidecar_config("", &routes));
     let _remote = demo_service(&pair.client, 8080, "remote");
-    let looped = netns::output(&mut pair.server.helper(&["get", &url(pair.client_ip, 8080), "1"]));
-    assert!(!looped.status.success(), "a looping request got an answer: {}", text(&looped.stdout));
-    metrics_until(&pair, "a loop on the outbound listener", |text| {
+    let _other = demo_service(&pair.client, 8081, "other");
+    let looped = netns::output(&mut pair.server.helper(&["get", &url(pair.client_ip, 8081), "1"]));
+    assert!(!looped.status.success(), "a looping connection got an answer: {}", text(&looped.stdout));
+    metrics_until(&pair, "a TCP loop on the outbound listener", |text| {
         metric(text, "remora_loops_detected_total", &[("listener", "outbound")]) >= 1
     });
+    let routed = pair.server.http_get(&url(pair.client_ip, 8080), 1, &[]).remove(0);
+    assert_eq!(routed.status, 502, "a looping request is answered by the proxy: {routed:?}");
+    let metrics = metrics_until(&pair, "an HTTP loop on the outbound listener", |text| {
+        metric(text, "remora_loops_detected_total", &[("listener", "outbound")]) >= 2
+    });
+    // One loop per request, not a chain of them.
+    assert_eq!(metric(&metrics, "remora_loops_detected_total", &[("listener", "outbound")]), 2, "{metrics}");
 }

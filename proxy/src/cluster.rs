@@ -14,6 +14,7 @@ use crate::events::{EventKind, Events};
 use crate::limits::Limits;
 use crate::outlier::{Detector, OutlierEvent};
 use crate::pool::Pool;
+use crate::tcp::OwnPorts;
 
 #[derive(Debug)]
 pub struct Cluster {
@@ -40,18 +41,20 @@ pub struct Endpoint {
 impl Cluster {
     /// `workers` sizes each endpoint's pool: one slot per worker thread.
     pub fn new(cluster: &config::Cluster, workers: usize, events: Arc<Events>) -> Self {
-        Self::carrying(cluster, workers, events, None)
+        Self::carrying(cluster, workers, events, None, None)
     }
 
     /// A cluster for a reloaded configuration that keeps what it can of `previous` (the running
     /// cluster of the same name): the limits' counters (with the new maxima), each kept endpoint's
     /// pool (when the connection settings are unchanged), load and outlier state, and the breaker
-    /// when its settings are unchanged (new thresholds start a new breaker, closed).
+    /// when its settings are unchanged (new thresholds start a new breaker, closed). With `noted`,
+    /// the pools note their connections' local ports there (see [`crate::pool::Pool::new`]).
     pub fn carrying(
         cluster: &config::Cluster,
         workers: usize,
         events: Arc<Events>,
         previous: Option<(&Cluster, &config::Cluster)>,
+        noted: Option<&Arc<OwnPorts>>,
     ) -> Self {
         let limits = match previous {
             Some((running, _)) => {
@@ -74,9 +77,10 @@ impl Cluster {
                 let authority = address.parse::<Authority>().ok()?;
                 let kept = previous.zip(previous_endpoint(&address)).and_then(|((running, _), index)| {
                     let pool = &running.endpoints[index].pool;
-                    pool.settings_match(cluster).then(|| pool.clone())
+                    pool.settings_match(cluster, noted.is_some()).then(|| pool.clone())
                 });
-                let pool = kept.unwrap_or_else(|| Pool::new(cluster, endpoint, workers, limits.clone()));
+                let pool = kept
+                    .unwrap_or_else(|| Pool::new(cluster, endpoint, workers, limits.clone(), noted.cloned()));
                 Some(Endpoint { address, pool, authority })
             })
             .collect();
@@ -112,6 +116,11 @@ impl Cluster {
             events,
             endpoints,
         }
+    }
+
+    /// Whether the endpoints' pools note their connections' ports (every one of them, or none).
+    pub fn notes_ports(&self) -> bool {
+        self.endpoints.iter().all(|endpoint| endpoint.pool.notes_ports())
     }
 
     /// Logs and queues what the outlier detector reports.

@@ -70,7 +70,9 @@ pub mod internals {
     /// Compiles a configuration as the proxy does, for one worker.
     pub fn snapshot(config: remora_config::Config) -> Snapshot {
         let stats = crate::stats::Stats::new(1);
-        Snapshot::build(std::sync::Arc::new(config), 1, &std::sync::Arc::default(), &stats)
+        let (events, own_ports) = (std::sync::Arc::default(), std::sync::Arc::default());
+        let parts = crate::snapshot::Parts { events: &events, stats: &stats, own_ports: &own_ports };
+        Snapshot::build(std::sync::Arc::new(config), 1, parts)
     }
 }
 

@@ -167,7 +167,7 @@ impl ListenerSet {
                     Arc::new(listener.clone()),
                     shared.clone(),
                     graceful.clone(),
-                    self.own.ports.clone(),
+                    shared.own_ports.clone(),
                     stop_rx,
                 ))
             }

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::limits::{Limits, Overflow};
 use crate::retry::UpstreamBody;
+use crate::tcp::{OwnPort, OwnPorts};
 
 /// Why an upstream exchange failed before a response head.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,10 @@ pub struct Pool {
     idle_timeout: Duration,
     slots: Arc<[Arc<Mutex<Slot>>]>,
     limits: Arc<Limits>,
+    /// Set when the proxy runs an outbound sidecar listener: connections are dialled from a port
+    /// bound first and noted here while they live, so that one the redirect rules send back to the
+    /// proxy is recognised as a loop (see [`OwnPorts`]).
+    noted: Option<Arc<OwnPorts>>,
 }
 
 #[derive(Debug)]
@@ -89,6 +94,7 @@ impl Pool {
         endpoint: &config::Endpoint,
         workers: usize,
         limits: Arc<Limits>,
+        noted: Option<Arc<OwnPorts>>,
     ) -> Self {
         let slots = (0..workers.max(1))
             .map(|_| {
@@ -105,14 +111,21 @@ impl Pool {
             idle_timeout: cluster.idle_timeout.get(),
             slots,
             limits,
+            noted,
         }
     }
 
-    /// Whether this pool connects as a pool built from `cluster` would.
-    pub fn settings_match(&self, cluster: &config::Cluster) -> bool {
+    /// Whether this pool connects as a pool built from `cluster` (noting its ports or not) would.
+    pub fn settings_match(&self, cluster: &config::Cluster, noted: bool) -> bool {
         self.protocol == cluster.protocol
             && self.connect_timeout == cluster.connect_timeout.get()
             && self.idle_timeout == cluster.idle_timeout.get()
+            && self.noted.is_some() == noted
+    }
+
+    /// Whether connections are dialled with their ports noted.
+    pub fn notes_ports(&self) -> bool {
+        self.noted.is_some()
     }
 
     /// Everything a request needs to be sent from the current worker: owned, so the send can happen
@@ -127,6 +140,7 @@ impl Pool {
                 connect_timeout: self.connect_timeout,
                 idle_timeout: self.idle_timeout,
                 limits: self.limits.clone(),
+                noted: self.noted.clone(),
             },
         }
     }
@@ -139,6 +153,7 @@ struct EndpointTarget {
     connect_timeout: Duration,
     idle_timeout: Duration,
     limits: Arc<Limits>,
+    noted: Option<Arc<OwnPorts>>,
 }
 
 /// A worker's slot of one endpoint's pool.
@@ -247,7 +262,7 @@ impl PoolHandle {
     }
 
     async fn connect_http1(&self) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
-        let (io, slot) = connect(&self.endpoint).await?;
+        let (io, held) = connect(&self.endpoint).await?;
         let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(|source| {
             UpstreamError::Handshake { endpoint: self.endpoint.endpoint.to_string(), source }
         })?;
@@ -256,7 +271,7 @@ impl PoolHandle {
             if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%endpoint, %error, "upstream connection ended with an error");
             }
-            drop(slot);
+            drop(held);
         });
         Ok(sender)
     }
@@ -286,7 +301,7 @@ impl PoolHandle {
     }
 
     async fn connect_http2(&self) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
-        let (io, slot) = connect(&self.endpoint).await?;
+        let (io, held) = connect(&self.endpoint).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -303,7 +318,7 @@ impl PoolHandle {
             if let Err(error) = connection.await {
                 tracing::debug!(%endpoint, %error, "upstream HTTP/2 connection ended with an error");
             }
-            drop(slot);
+            drop(held);
         });
         Ok(sender)
     }
@@ -332,28 +347,50 @@ impl Lease {
     }
 }
 
-/// Opens a connection within the cluster's limits: the returned slot counts it as open until the
-/// connection's task drops it.
-async fn connect(
-    target: &EndpointTarget,
-) -> Result<(TokioIo<TcpStream>, crate::limits::Slot), UpstreamError> {
+/// What a connection's task holds while the connection lives: its place in the cluster's connection
+/// limit and, when ports are noted, its local port.
+struct Held {
+    _connection: crate::limits::Slot,
+    _port: Option<OwnPort>,
+}
+
+/// Opens a connection within the cluster's limits.
+async fn connect(target: &EndpointTarget) -> Result<(TokioIo<TcpStream>, Held), UpstreamError> {
     let connection = target.limits.connection().map_err(UpstreamError::Limits)?;
     let _pending = target.limits.pending().map_err(UpstreamError::Limits)?;
     let endpoint = &target.endpoint;
     let connect = async {
-        match endpoint.socket_addr {
-            Some(addr) => TcpStream::connect(addr).await,
-            None => TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await,
+        match (&target.noted, endpoint.socket_addr) {
+            (None, Some(addr)) => TcpStream::connect(addr).await.map(|stream| (stream, None)),
+            (None, None) => {
+                TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await.map(|stream| (stream, None))
+            }
+            (Some(noted), addr) => {
+                let addr = match addr {
+                    Some(addr) => addr,
+                    None => tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+                        .await?
+                        .next()
+                        .ok_or_else(|| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                "the host name resolves to no address",
+                            )
+                        })?,
+                };
+                let (stream, port) = crate::tcp::dial(addr, target.connect_timeout, noted).await?;
+                Ok((stream, Some(port)))
+            }
         }
     };
     let error = |source| UpstreamError::Connect { endpoint: endpoint.to_string(), source };
-    let stream = match tokio::time::timeout(target.connect_timeout, connect).await {
-        Ok(Ok(stream)) => stream,
+    let (stream, port) = match tokio::time::timeout(target.connect_timeout, connect).await {
+        Ok(Ok(connected)) => connected,
         Ok(Err(source)) => return Err(error(source)),
         Err(_) => return Err(error(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))),
     };
     stream.set_nodelay(true).map_err(error)?;
-    Ok((TokioIo::new(stream), connection))
+    Ok((TokioIo::new(stream), Held { _connection: connection, _port: port }))
 }
 
 /// A slot's lock: poisoning cannot leave a slot inconsistent (every change is one push or pop), so a

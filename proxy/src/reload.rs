@@ -217,8 +217,7 @@ impl Reloader {
             }
         }
 
-        let snapshot =
-            Snapshot::rebuild(config.clone(), self.workers, &self.shared.events, stats, Some(&running));
+        let snapshot = Snapshot::rebuild(config.clone(), self.workers, self.shared.parts(), Some(&running));
         self.shared.snapshot.store(Arc::new(snapshot));
 
         for listener in &config.listeners {

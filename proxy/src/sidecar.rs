@@ -35,7 +35,7 @@ use crate::detect::{self, Prefixed};
 use crate::server::{Fixed, LocalApp, ProxyService, Targets};
 use crate::snapshot::Shared;
 use crate::stats::tcp::{Detected, ListenerCounters, Refusal, TcpSeries};
-use crate::tcp::{self, OwnPorts};
+use crate::tcp;
 
 /// An outbound listener's known services: original destinations its routes serve, each with the
 /// cluster it is an endpoint of (for the TCP stats of a connection that turns out not to be HTTP).
@@ -178,13 +178,12 @@ fn local_app(destination: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, destination.port())
 }
 
-/// Where this proxy itself listens and dials from, for loop detection.
+/// Where this proxy itself listens, for loop detection (where it dials from is
+/// [`Shared::own_ports`](crate::snapshot::Shared::own_ports)).
 #[derive(Debug, Default)]
 pub struct Own {
     /// The bound addresses of every running listener.
     pub listeners: ArcSwap<Vec<SocketAddr>>,
-    /// The ports of the upstream connections the proxy has open.
-    pub ports: Arc<OwnPorts>,
 }
 
 impl Own {
@@ -392,7 +391,8 @@ impl Context {
                 .is_some_and(|destination| self.listener.opaque_ports.contains(&destination.port())),
             known: destination.is_some_and(|destination| self.service(services, destination).is_some()),
             has_routes: services.is_some_and(|services| services.has_routes),
-            from_self: self.listener.mode == ListenerMode::Outbound && self.own.ports.contains(client.port()),
+            from_self: self.listener.mode == ListenerMode::Outbound
+                && self.shared.own_ports.contains(client.port()),
         };
         decide(facts, |target| self.own.is_listener(target, local))
     }
@@ -526,7 +526,7 @@ impl Context {
             }
             Action::Forward(to, series) => {
                 let _watcher = watcher;
-                tcp::forward(stream, &[], to, &series, &self.own.ports).await;
+                tcp::forward(stream, &[], to, &series, &self.shared.own_ports).await;
             }
             Action::Http { detect, fallback, local } => {
                 let prefix = if detect {
@@ -538,7 +538,14 @@ impl Context {
                                 (Detected::Http1 | Detected::Http2, _) => prefix,
                                 (Detected::Tcp | Detected::Timeout, Some((to, series))) => {
                                     let _watcher = watcher;
-                                    return tcp::forward(stream, &prefix, to, &series, &self.own.ports).await;
+                                    return tcp::forward(
+                                        stream,
+                                        &prefix,
+                                        to,
+                                        &series,
+                                        &self.shared.own_ports,
+                                    )
+                                    .await;
                                 }
                                 (Detected::Tcp | Detected::Timeout, None) => {
                                     self.counters.refused(Refusal::NotHttp);

@@ -15,6 +15,7 @@ use crate::route::{Route, RouteTable};
 use crate::sidecar::Services;
 use crate::split::{Split, Target};
 use crate::stats::Stats;
+use crate::tcp::OwnPorts;
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -28,21 +29,25 @@ pub struct Snapshot {
 impl Snapshot {
     /// Compiles a validated configuration for a proxy with `workers` worker threads.
     /// Each route's backends get their stats series from `stats` (kept across snapshots by key).
-    pub fn build(config: Arc<Config>, workers: usize, events: &Arc<Events>, stats: &Stats) -> Self {
-        Self::rebuild(config, workers, events, stats, None)
+    pub fn build(config: Arc<Config>, workers: usize, shared: Parts<'_>) -> Self {
+        Self::rebuild(config, workers, shared, None)
     }
 
     /// Compiles a reloaded configuration, keeping the state of `previous` (the running snapshot): a
     /// cluster whose settings are unchanged is the same cluster (pools, breaker, ejections, loads);
     /// a changed one carries what its new settings allow (see [`Cluster::carrying`]). Stats series
-    /// are found again by route, cluster and version.
+    /// are found again by route, cluster and version. With an outbound listener, upstream
+    /// connections note their local ports in `shared.own_ports`, for loop detection.
     pub fn rebuild(
         config: Arc<Config>,
         workers: usize,
-        events: &Arc<Events>,
-        stats: &Stats,
+        shared: Parts<'_>,
         previous: Option<&Snapshot>,
     ) -> Self {
+        let Parts { events, stats, own_ports } = shared;
+        let outbound =
+            config.listeners.iter().any(|listener| listener.mode == remora_config::ListenerMode::Outbound);
+        let noted = outbound.then_some(own_ports);
         let clusters: BTreeMap<String, Arc<Cluster>> = config
             .clusters
             .iter()
@@ -51,14 +56,16 @@ impl Snapshot {
                     Some((previous.clusters.get(name)?, previous.config.clusters.get(name)?))
                 });
                 let cluster = match running {
-                    Some((running, settings)) if settings == cluster => running.clone(),
-                    Some((running, settings)) => Arc::new(Cluster::carrying(
+                    Some((running, settings)) if settings == cluster && running.notes_ports() == outbound => {
+                        running.clone()
+                    }
+                    running => Arc::new(Cluster::carrying(
                         cluster,
                         workers,
                         events.clone(),
-                        Some((running, settings)),
+                        running.map(|(running, settings)| (&**running, settings)),
+                        noted,
                     )),
-                    None => Arc::new(Cluster::new(cluster, workers, events.clone())),
                 };
                 (name.clone(), cluster)
             })
@@ -115,6 +122,14 @@ impl Snapshot {
     }
 }
 
+/// What a snapshot's build takes from [`Shared`] (and tests from their own).
+#[derive(Clone, Copy)]
+pub struct Parts<'a> {
+    pub events: &'a Arc<Events>,
+    pub stats: &'a Stats,
+    pub own_ports: &'a Arc<OwnPorts>,
+}
+
 /// What every connection of the process shares.
 #[derive(Debug)]
 pub struct Shared {
@@ -128,18 +143,29 @@ pub struct Shared {
     pub events: Arc<Events>,
     /// Every route × cluster × version's figures, and the process' counters.
     pub stats: Arc<Stats>,
+    /// The local ports of the proxy's upstream connections that are noted for loop detection.
+    pub own_ports: Arc<OwnPorts>,
 }
 
 impl Shared {
     pub fn new(config: Config, workers: usize) -> Self {
         let events = Arc::new(Events::default());
         let stats = Arc::new(Stats::new(workers));
+        let own_ports = Arc::new(OwnPorts::default());
+        let parts = Parts { events: &events, stats: &stats, own_ports: &own_ports };
+        let snapshot = Snapshot::build(Arc::new(config), workers, parts);
         Self {
-            snapshot: ArcSwap::from_pointee(Snapshot::build(Arc::new(config), workers, &events, &stats)),
+            snapshot: ArcSwap::from_pointee(snapshot),
             draining: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             events,
             stats,
+            own_ports,
         }
+    }
+
+    /// What a snapshot's build takes from here.
+    pub fn parts(&self) -> Parts<'_> {
+        Parts { events: &self.events, stats: &self.stats, own_ports: &self.own_ports }
     }
 }

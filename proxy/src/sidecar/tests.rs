@@ -204,17 +204,20 @@ async fn tcp_upstream(greeting: &'static [u8]) -> SocketAddr {
 struct Sidecar {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    own: Arc<Own>,
     table: Arc<std::sync::Mutex<HashMap<SocketAddr, SocketAddr>>>,
     _stop: watch::Sender<bool>,
 }
 
 impl Sidecar {
     async fn start(config: &str) -> Sidecar {
+        Sidecar::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), config)
+    }
+
+    /// Like [`Sidecar::start`], on a socket bound already (so that the configuration can name it).
+    fn start_on(socket: TcpListener, config: &str) -> Sidecar {
         let config =
             remora_config::load_str(config, remora_config::Source::TextOnly).expect("a valid config");
         let listener = Arc::new(config.listeners[0].clone());
-        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let shared = Arc::new(Shared::new(config, 1));
         let own = Arc::new(Own::default());
@@ -226,11 +229,11 @@ impl Sidecar {
             listener,
             shared: shared.clone(),
             graceful: Arc::new(GracefulShutdown::new()),
-            own: own.clone(),
+            own,
             lookup: Lookup::Table(Arc::clone(&table)),
         };
         tokio::spawn(accept_loop(socket, setup, stop_rx));
-        Sidecar { addr, shared, own, table, _stop: stop }
+        Sidecar { addr, shared, table, _stop: stop }
     }
 
     /// A connection to the listener as if redirected from `destination` (`None`: not redirected).
@@ -421,12 +424,50 @@ async fn loops_are_refused_and_counted() {
     socket.bind(addr("127.0.0.1:0")).unwrap();
     let port = socket.local_addr().unwrap().port();
     sidecar.table.lock().unwrap().insert(socket.local_addr().unwrap(), stable);
-    let _own = sidecar.own.ports.hold(port);
+    let _own = sidecar.shared.own_ports.hold(port);
     if let Ok(mut stream) = socket.connect(sidecar.addr).await {
         assert!(read_all(&mut stream).await.is_err(), "reset");
     }
     assert_eq!(sidecar.counters().loops(), 2);
     assert_eq!(sidecar.shared.stats.tcp("outbound", "").figures().connections, 0, "nothing forwarded");
+}
+
+#[tokio::test]
+async fn an_http_request_routed_back_into_the_proxy_is_a_loop() {
+    // The route's cluster leads back to the outbound listener, as a redirect rule that fails to skip
+    // the proxy's UID would: the pool's connection comes from a noted port and is refused as a loop,
+    // once, instead of being served again (and again).
+    let stable = http_upstream("stable").await;
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let itself = socket.local_addr().unwrap();
+    let sidecar = Sidecar::start_on(socket, &outbound_config(stable, itself, ""));
+    let (status, _, _) = get(sidecar.connect(Some(stable)).await, "/pay").await;
+    assert_eq!(status, 502);
+    assert_eq!(sidecar.counters().loops(), 1);
+    assert_eq!(sidecar.counters().refusals(Refusal::NoOriginalDestination), 0);
+    // Only an outbound listener's pools bind first: a reverse proxy's connections keep the kernel's
+    // port choice (a port per destination, not one per host).
+    let snapshot = sidecar.shared.snapshot.load();
+    assert!(snapshot.cluster("canary").unwrap().notes_ports());
+    let reverse = format!(
+        r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[routes]]
+name = "all"
+listener = "web"
+backends = [{{ cluster = "app" }}]
+
+[clusters.app]
+endpoints = ["{stable}"]
+"#
+    );
+    let reverse = crate::internals::snapshot(
+        remora_config::load_str(&reverse, remora_config::Source::TextOnly).expect("a valid config"),
+    );
+    assert!(!reverse.cluster("app").unwrap().notes_ports());
 }
 
 fn inbound_config(extra: &str) -> String {
