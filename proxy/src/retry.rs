@@ -146,6 +146,17 @@ impl Budget {
         }
     }
 
+    /// A budget with new settings that keeps this one's counts (its requests and spent retries).
+    pub fn carrying(&self, ratio: f64, min_per_second: u32) -> Budget {
+        let budget = Budget::new(ratio, min_per_second, self.origin);
+        for (kept, bucket) in budget.buckets.iter().zip(&self.buckets) {
+            kept.second.store(bucket.second.load(Ordering::Relaxed), Ordering::Relaxed);
+            kept.deposits.store(bucket.deposits.load(Ordering::Relaxed), Ordering::Relaxed);
+            kept.withdrawals.store(bucket.withdrawals.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        budget
+    }
+
     /// Counts one request. Call it once per downstream request, not per try.
     pub fn deposit(&self, now: Instant) {
         self.bucket(now).deposits.fetch_add(1, Ordering::Relaxed);

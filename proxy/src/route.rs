@@ -1,6 +1,8 @@
 //! Step 3 of a request's way: the route table. Routes are tried in the order the file lists them and
 //! the first whose host, path, method and headers all match wins.
 
+use std::sync::Arc;
+
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use remora_config as config;
 
@@ -19,15 +21,43 @@ pub struct Route {
     pub timeout: Option<std::time::Duration>,
     pub split: Split,
     /// The route's retry policy and budget; `None` when the route does not retry.
-    pub retry: Option<std::sync::Arc<RouteRetry>>,
+    pub retry: Option<Arc<RouteRetry>>,
 }
 
-/// What a route that retries needs on every request: shared by the route's requests, so the budget
-/// counts all of them.
+/// What a route that retries needs on every request: shared by the route's requests on every
+/// listener, so the budget counts all of them, and carried across reloads (see [`RouteRetry::carrying`]).
 #[derive(Debug)]
 pub struct RouteRetry {
     pub policy: RetryPolicy,
     pub budget: Budget,
+    /// The settings it was compiled from.
+    settings: config::Retry,
+}
+
+impl RouteRetry {
+    /// The retry state of a route with `settings`, keeping `previous` (the running route's of the same
+    /// name): itself when the settings are unchanged, else its budget's counts under the new settings.
+    /// A reload — and control pushes one with every rollout step — must not hand a struggling
+    /// upstream a fresh budget.
+    pub fn carrying(settings: &config::Retry, previous: Option<&Arc<RouteRetry>>) -> Arc<RouteRetry> {
+        match previous {
+            Some(running) if running.settings == *settings => running.clone(),
+            previous => Arc::new(RouteRetry {
+                policy: RetryPolicy::new(settings),
+                budget: match previous {
+                    Some(running) => {
+                        running.budget.carrying(settings.budget_ratio, settings.min_retries_per_second)
+                    }
+                    None => Budget::new(
+                        settings.budget_ratio,
+                        settings.min_retries_per_second,
+                        tokio::time::Instant::now(),
+                    ),
+                },
+                settings: settings.clone(),
+            }),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -58,8 +88,9 @@ impl RouteTable {
 }
 
 impl Route {
-    /// Compiles one configured route; `split` is built by the caller, which owns the clusters.
-    pub fn new(route: &config::Route, split: Split) -> Self {
+    /// Compiles one configured route; `split` and `retry` are built by the caller, which owns the
+    /// clusters and the retry state of every route.
+    pub fn new(route: &config::Route, split: Split, retry: Option<Arc<RouteRetry>>) -> Self {
         let matcher = &route.matcher;
         Self {
             matcher: Matcher {
@@ -80,16 +111,7 @@ impl Route {
             },
             timeout: route.timeout.map(config::Duration::get),
             split,
-            retry: route.retry.as_ref().map(|retry| {
-                std::sync::Arc::new(RouteRetry {
-                    policy: RetryPolicy::new(retry),
-                    budget: Budget::new(
-                        retry.budget_ratio,
-                        retry.min_retries_per_second,
-                        tokio::time::Instant::now(),
-                    ),
-                })
-            }),
+            retry,
         }
     }
 }

@@ -11,7 +11,7 @@ use remora_config::Config;
 
 use crate::cluster::Cluster;
 use crate::events::Events;
-use crate::route::{Route, RouteTable};
+use crate::route::{Route, RouteRetry, RouteTable};
 use crate::sidecar::Services;
 use crate::split::{Split, Target};
 use crate::stats::Stats;
@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     tables: Box<[(Box<str>, RouteTable)]>,
     clusters: BTreeMap<String, Arc<Cluster>>,
+    /// The retry state of every route that retries, by route name (shared by its listeners).
+    retries: BTreeMap<String, Arc<RouteRetry>>,
     /// Per inbound and outbound listener: its known services and whether routes serve it.
     services: Box<[(Box<str>, Services)]>,
 }
@@ -70,6 +72,14 @@ impl Snapshot {
                 (name.clone(), cluster)
             })
             .collect();
+        let retries: BTreeMap<String, Arc<RouteRetry>> = config
+            .routes
+            .iter()
+            .filter_map(|route| {
+                let running = previous.and_then(|previous| previous.retries.get(&route.name));
+                Some((route.name.clone(), RouteRetry::carrying(route.retry.as_ref()?, running)))
+            })
+            .collect();
         let tables = config
             .listeners
             .iter()
@@ -88,7 +98,8 @@ impl Snapshot {
                                 Some(Target { cluster, weight: backend.weight, series })
                             })
                             .collect();
-                        Route::new(route, Split::new(targets, route.sticky.as_ref()))
+                        let split = Split::new(targets, route.sticky.as_ref());
+                        Route::new(route, split, retries.get(&route.name).cloned())
                     })
                     .collect();
                 (listener.name.as_str().into(), RouteTable::new(routes))
@@ -100,7 +111,7 @@ impl Snapshot {
             .filter(|listener| listener.mode != remora_config::ListenerMode::Reverse)
             .map(|listener| (listener.name.as_str().into(), Services::of(&config, listener)))
             .collect();
-        Self { config, tables, clusters, services }
+        Self { config, tables, clusters, retries, services }
     }
 
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
@@ -167,5 +178,72 @@ impl Shared {
     /// What a snapshot's build takes from here.
     pub fn parts(&self) -> Parts<'_> {
         Parts { events: &self.events, stats: &self.stats, own_ports: &self.own_ports }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(retry: &str) -> Arc<Config> {
+        let text = format!(
+            r#"
+[[listeners]]
+name = "a"
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "b"
+listen = "127.0.0.1:0"
+
+[[routes]]
+name = "pay"
+# No `listener`: every listener.
+backends = [{{ cluster = "app" }}]
+retry = {{ {retry} }}
+
+[clusters.app]
+endpoints = ["127.0.0.1:1"]
+"#
+        );
+        Arc::new(remora_config::load_str(&text, remora_config::Source::TextOnly).expect("a valid config"))
+    }
+
+    fn retry(snapshot: &Snapshot, listener: &str) -> Arc<RouteRetry> {
+        let headers = http::HeaderMap::new();
+        let key =
+            crate::route::RequestKey { host: None, path: "/", method: &http::Method::GET, headers: &headers };
+        snapshot.table(listener).unwrap().find(&key).unwrap().retry.clone().expect("the route retries")
+    }
+
+    #[test]
+    fn a_reload_keeps_the_retry_budget_spent_and_its_listeners_share_it() {
+        let (events, stats, own_ports) = (Arc::default(), Stats::new(1), Arc::default());
+        let parts = Parts { events: &events, stats: &stats, own_ports: &own_ports };
+        let settings = "attempts = 2, budget_ratio = 0.2, min_retries_per_second = 1";
+        let first = Snapshot::build(config(settings), 1, parts);
+        let now = tokio::time::Instant::now();
+        let budget = &retry(&first, "a").budget;
+        for _ in 0..100 {
+            budget.deposit(now);
+        }
+        // 20 earned + 10 of reserve, spent through both listeners' routes.
+        let mut granted = 0;
+        while retry(&first, if granted % 2 == 0 { "a" } else { "b" }).budget.withdraw(now) {
+            granted += 1;
+        }
+        assert_eq!(granted, 30);
+
+        // An unchanged route keeps its state (control's pushes reload the whole file).
+        let same = Snapshot::rebuild(config(settings), 1, parts, Some(&first));
+        assert!(Arc::ptr_eq(&retry(&same, "a"), &retry(&first, "a")));
+        assert_eq!(retry(&same, "b").budget.remaining(now), 0);
+
+        // New settings: a new policy, the same counts under the new ratio.
+        let changed = "attempts = 3, budget_ratio = 0.5, min_retries_per_second = 1";
+        let changed = Snapshot::rebuild(config(changed), 1, parts, Some(&same));
+        assert!(!Arc::ptr_eq(&retry(&changed, "a"), &retry(&same, "a")));
+        assert_eq!(retry(&changed, "a").budget.remaining(now), 50 + 10 - 30);
+        assert!(Arc::ptr_eq(&retry(&changed, "a"), &retry(&changed, "b")));
     }
 }
