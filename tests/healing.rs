@@ -440,6 +440,61 @@ async fn a_hanging_hook_is_timed_out_and_the_node_held_on_its_version() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_control_holds_a_node_whose_regeneration_it_lost_and_keeps_it_held() {
+    // The regenerate hook notes its process group and answers only after control is gone.
+    let hooks = |dir: &Path| {
+        let script = dir.join("slow.sh");
+        let pid = dir.join("hook.pid");
+        std::fs::write(&script, format!("echo $$ > '{}'\nsleep 20\n", pid.display())).expect("script");
+        let hook = format!("{{ command = [\"sh\", \"{}\"], timeout = \"30s\" }}", script.display());
+        control_extra(FAST_ROLLOUT, &format!("hooks.regenerate = {hook}"))
+    };
+    let mut mesh = Mesh::start(hooks).await;
+    let extra = hooks(mesh.dir.path());
+    let pid_file = mesh.dir.path().join("hook.pid");
+    let load = Load::start(&mesh.proxy.url("/"), 1);
+    mesh.wait_node("traffic in control's stats", |node| node["stats"]["requests"].as_u64() >= Some(50)).await;
+    mesh.stable.set(Behaviour::Status(500));
+    mesh.wait_node("regenerating", |node| node["healing"]["phase"] == "regenerating").await;
+    let hook_pid = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let pid =
+                std::fs::read_to_string(&pid_file).ok().and_then(|text| text.trim().parse::<i32>().ok());
+            if let Some(pid) = pid {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the hook started");
+
+    mesh.restart_control(&extra).await;
+    let held = mesh.wait_entry("held", |_| true).await;
+    assert!(
+        held["detail"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("control restarted while the regenerate hook ran"),
+        "{held:#}"
+    );
+    let node = mesh.wait_node("held after the restart", |node| node["healing"]["phase"] == "held").await;
+    let since = node["healing"]["since_unix_ms"].clone();
+    assert!(since.is_u64(), "{node:#}");
+    load.stop().await;
+
+    // Once more: the stored ladder, not a new episode (no traffic now: nothing would be detected).
+    mesh.restart_control(&extra).await;
+    let node = mesh.wait_node("still held", |node| node["healing"]["phase"] == "held").await;
+    assert_eq!(node["healing"]["since_unix_ms"], since, "{node:#}");
+    let kinds = mesh.kinds().await;
+    let count = |kind: &str| kinds.iter().filter(|have| *have == kind).count();
+    assert_eq!((count("degraded"), count("regenerating"), count("held")), (1, 1, 1), "{kinds:?}");
+    // The lost hook's processes end with the test.
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(hook_pid), nix::sys::signal::Signal::SIGKILL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_restarted_mid_rollout_resumes_it_and_promotes() {
     let mut mesh = Mesh::start(|_| control_extra(FAST_ROLLOUT, "")).await;
     let canary = Chaos::start("v2").await;

@@ -3,10 +3,14 @@
 //! as soon as reports arrive, and their decisions carried out as desired state (pushed to every proxy
 //! at once through the long-poll) with a journal entry, written in one transaction.
 //!
-//! State: the ladders live in memory (a restarted control watches every node afresh); rollouts are
-//! stored after every change and a restarted control resumes them: an active step starts over (its
-//! traffic was not judged meanwhile), paused stays paused, promotion goes on. The proxies keep the
-//! last split they applied while control is away, so traffic never moves without control.
+//! State: each node's ladder is stored when it changes and a restarted control takes it up where it
+//! was (held stays held, a cool-down runs out, breaches keep counting), except that a step waiting
+//! for a hook whose answer was lost with the old process cannot go on: a remedy under way starts the
+//! episode over (the node is detected again and the remedy called again), a regeneration under way
+//! holds the node (its new version may exist somewhere; an operator decides). Rollouts are stored
+//! after every change and a restarted control resumes them: an active step starts over (its traffic
+//! was not judged meanwhile), paused stays paused, promotion goes on. The proxies keep the last
+//! split they applied while control is away, so traffic never moves without control.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,7 +26,7 @@ use crate::healing::{self, Ladder, Step};
 use crate::hooks::{self, HookError, HookKind};
 use crate::rollout::{Decision, Origin, Phase, Rollout, Settings};
 use crate::service::{new_trace_id, now_ms, Refusal, Service};
-use crate::store::{RolloutRecord, StoreError};
+use crate::store::{LadderRecord, RolloutRecord, StoreError};
 
 pub struct Engine {
     service: Arc<Service>,
@@ -35,10 +39,12 @@ struct State {
     ladders: BTreeMap<String, Episode>,
     /// Per node, its latest rollout (under way or finished).
     rollouts: BTreeMap<String, Rollout>,
+    /// Per node, its episode as last written to the store.
+    stored: BTreeMap<String, Episode>,
 }
 
 /// A node's ladder and the trace id that ties the journal entries of one episode together.
-#[derive(Default)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Episode {
     ladder: Ladder,
     trace_id: String,
@@ -47,10 +53,11 @@ struct Episode {
 }
 
 impl Engine {
-    /// The engine, with the stored rollouts resumed.
+    /// The engine, with the stored ladders taken up and the stored rollouts resumed.
     pub fn new(service: Arc<Service>, config: ControlConfig) -> Result<Self, StoreError> {
         let engine = Self { service, config, state: Mutex::default() };
         let now = now_ms();
+        engine.take_up_ladders(now)?;
         let mut latest: BTreeMap<String, Rollout> = BTreeMap::new();
         for record in engine.service.store().rollouts()? {
             match serde_json::from_value::<Rollout>(record.state) {
@@ -92,7 +99,7 @@ impl Engine {
             }
             let nodes: Vec<String> = state.rollouts.keys().cloned().collect();
             for node in nodes {
-                engine.show(&state, &node);
+                engine.show(&mut state, &node);
             }
         }
         Ok(engine)
@@ -126,7 +133,7 @@ impl Engine {
             if !active && full {
                 self.climb(&mut state, &node, now);
             }
-            self.show(&state, &node);
+            self.show(&mut state, &node);
         }
     }
 
@@ -291,7 +298,7 @@ impl Engine {
                     let reason = format!("the {kind} hook failed: {error}");
                     self.hold(&mut state, node, reason, now);
                 }
-                self.show(&state, node);
+                self.show(&mut state, node);
                 return;
             }
         };
@@ -361,7 +368,7 @@ impl Engine {
             }
             _ => tracing::info!(node, kind = %kind, "a hook answered after its step was over; ignored"),
         }
-        self.show(&state, node);
+        self.show(&mut state, node);
     }
 
     /// Whether the node's ladder is waiting for `kind`'s answer.
@@ -602,7 +609,7 @@ impl Engine {
         let mut state = self.lock();
         let canary = DesiredVersion { version: start.version, endpoints: start.endpoints };
         self.begin(&mut state, &start.node, canary, start.steps, Origin::Manual, trace, now)?;
-        self.show(&state, &start.node);
+        self.show(&mut state, &start.node);
         Ok(view(&state.rollouts[&start.node]))
     }
 
@@ -646,7 +653,7 @@ impl Engine {
         }
         self.save(&rollout);
         state.rollouts.insert(node.to_owned(), rollout);
-        self.show(&state, node);
+        self.show(&mut state, node);
         Ok(view(&state.rollouts[node]))
     }
 
@@ -667,12 +674,81 @@ impl Engine {
 
     // ---- plumbing ----
 
-    fn show(&self, state: &State, node: &str) {
+    /// Publishes the node's views, and stores its episode if it changed.
+    fn show(&self, state: &mut State, node: &str) {
         let healing = state.ladders.get(node).map_or_else(
             || HealingView { phase: "healthy".into(), since_unix_ms: None, reason: None, breaches: 0 },
             |episode| healing_view(&episode.ladder),
         );
         self.service.publish_loop(node, healing, state.rollouts.get(node).map(view));
+        self.store_episode(state, node);
+    }
+
+    fn store_episode(&self, state: &mut State, node: &str) {
+        let episode = state.ladders.get(node).cloned().unwrap_or_default();
+        if state.stored.get(node).unwrap_or(&Episode::default()) == &episode {
+            return;
+        }
+        let record = LadderRecord {
+            node: node.to_owned(),
+            state: serde_json::to_value(&episode).unwrap_or(Value::Null),
+            updated_unix_ms: now_ms(),
+        };
+        match self.service.store().put_ladder(&record) {
+            Ok(()) => {
+                state.stored.insert(node.to_owned(), episode);
+            }
+            // Tried again at the next change or tick.
+            Err(error) => tracing::error!(%error, node, "cannot store a healing ladder"),
+        }
+    }
+
+    /// Takes up the stored ladders (see the module's documentation); before the rollouts are resumed,
+    /// which put a node whose regenerated version is rolling out back on its canary step.
+    fn take_up_ladders(&self, now: u64) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        for record in self.service.store().ladders()? {
+            let node = record.node;
+            let stored = match serde_json::from_value::<Episode>(record.state) {
+                Ok(episode) => episode,
+                Err(error) => {
+                    tracing::error!(node, %error, "a stored healing ladder cannot be read; the node is watched afresh");
+                    continue;
+                }
+            };
+            let mut episode = stored.clone();
+            let trace = episode.trace_id.clone();
+            match &episode.ladder {
+                Ladder::Remediating { .. } => {
+                    episode.ladder = Ladder::Watching { breaches: 0 };
+                    let reason = "control restarted while the remediate hook ran: the episode starts over";
+                    self.journal(
+                        "ladder_restarted",
+                        &node,
+                        &trace,
+                        json!({ "from": "remediating", "reason": reason }),
+                    );
+                }
+                Ladder::Regenerating { .. } => {
+                    let reason =
+                        "control restarted while the regenerate hook ran; its answer is lost".to_owned();
+                    episode.ladder =
+                        Ladder::Held { since_unix_ms: now, reason: reason.clone(), recoveries: 0 };
+                    let serving =
+                        self.service.serving(&node).map(|serving| serving.version).unwrap_or_default();
+                    self.journal("held", &node, &trace, json!({ "reason": reason, "serving": serving }));
+                }
+                // The rollouts, resumed next, put a node whose canary is still under way back on it.
+                Ladder::Canary { .. } => episode.ladder = Ladder::Watching { breaches: 0 },
+                Ladder::Watching { .. } | Ladder::CoolingDown { .. } | Ladder::Held { .. } => {}
+            }
+            if episode.ladder != Ladder::default() || episode.degraded_unix_ms.is_some() {
+                tracing::info!(node, ladder = episode.ladder.name(), "healing ladder taken up");
+            }
+            state.stored.insert(node.clone(), stored);
+            state.ladders.insert(node, episode);
+        }
+        Ok(())
     }
 
     fn journal(&self, kind: &str, node: &str, trace: &str, detail: Value) {

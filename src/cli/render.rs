@@ -551,6 +551,7 @@ fn healing_summary(kind: &str, detail: &Value) -> Option<String> {
         "hook_failed" => format!("{} hook: {}", text("hook")?, text("error")?),
         "held" => format!("held on {}: {}", text("serving")?, text("reason")?),
         "recovered" => format!("recovered (was {})", text("from")?),
+        "ladder_restarted" => format!("{} (was {})", text("reason")?, text("from")?),
         "healed" => format!("{} serving", text("version")?),
         "retired" => format!("{} retired", text("version")?),
         "rollout_started" | "rollout_step" | "rollout_promoting" => {
@@ -992,6 +993,11 @@ proxies:     none
         assert_eq!(summary("rollout_acked", &acked), "revision 5 (0%) applied by 3 proxies in 4 ms");
         let held = json!({"serving": "v1", "reason": "the regenerate hook failed: no answer within 2s"});
         assert_eq!(summary("held", &held), "held on v1: the regenerate hook failed: no answer within 2s");
+        let restarted = json!({"from": "remediating", "reason": "control restarted while the remediate hook ran: the episode starts over"});
+        assert_eq!(
+            summary("ladder_restarted", &restarted),
+            "control restarted while the remediate hook ran: the episode starts over (was remediating)"
+        );
         // Missing fields fall back to the fields themselves.
         assert_eq!(summary("healed", &json!({"what": 1})), "what=1");
     }

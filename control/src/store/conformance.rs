@@ -85,6 +85,24 @@ fn everything_written_is_read_back_after_reopen() {
         updated_unix_ms: 900,
     };
     store.put_rollout(&done).unwrap();
+    let held = LadderRecord {
+        node: "payments".into(),
+        state: json!({"phase": "watching", "breaches": 1}),
+        updated_unix_ms: 1_700,
+    };
+    store.put_ladder(&held).unwrap();
+    let held = LadderRecord {
+        state: json!({"phase": "held", "reason": "hook failed"}),
+        updated_unix_ms: 1_800,
+        ..held
+    };
+    store.put_ladder(&held).unwrap();
+    let watching = LadderRecord {
+        node: "orders".into(),
+        state: json!({"phase": "watching", "breaches": 0}),
+        updated_unix_ms: 50,
+    };
+    store.put_ladder(&watching).unwrap();
     drop(store);
 
     let store = fixture.open();
@@ -115,6 +133,7 @@ fn everything_written_is_read_back_after_reopen() {
     );
     assert_eq!(store.proxies("orders").unwrap(), vec![]);
     assert_eq!(store.rollouts().unwrap(), vec![done, rollout]);
+    assert_eq!(store.ladders().unwrap(), vec![watching, held], "one per node, the last written");
     let journal = store.journal_after(0, 100).unwrap();
     let kinds: Vec<_> = journal.iter().map(|e| (e.seq, e.kind.as_str())).collect();
     assert_eq!(kinds, vec![(1, "registered"), (2, "desired"), (3, "desired"), (4, "hook_result")]);

@@ -69,6 +69,10 @@ pub trait Store: Send + Sync + 'static {
     fn put_rollout(&self, rollout: &RolloutRecord) -> Result<(), StoreError>;
     /// Every stored rollout, by id; the rollout engine decides from `state` which are in progress.
     fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError>;
+    /// Inserts or replaces `node`'s healing ladder.
+    fn put_ladder(&self, ladder: &LadderRecord) -> Result<(), StoreError>;
+    /// Every stored ladder, by node.
+    fn ladders(&self) -> Result<Vec<LadderRecord>, StoreError>;
     /// A registration or spec change plus its journal entry, atomically ([`Store::upsert_node`] and
     /// [`Store::append`] in one transaction); returns the entry's sequence number.
     fn register(&self, node: &NodeRecord, journal: &NewJournal) -> Result<u64, StoreError>;
@@ -139,6 +143,14 @@ pub struct DesiredWritten {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutRecord {
     pub id: String,
+    pub node: String,
+    pub state: serde_json::Value,
+    pub updated_unix_ms: u64,
+}
+
+/// A node's healing ladder, owned by the engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LadderRecord {
     pub node: String,
     pub state: serde_json::Value,
     pub updated_unix_ms: u64,

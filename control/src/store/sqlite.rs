@@ -30,13 +30,14 @@ use rusqlite::{params, Connection, OpenFlags, Row, Transaction, TransactionBehav
 use serde_json::Value;
 
 use super::{
-    DesiredRecord, DesiredWritten, JournalRecord, NewJournal, NodeRecord, ProxyRecord, RolloutRecord, Store,
-    StoreError,
+    DesiredRecord, DesiredWritten, JournalRecord, LadderRecord, NewJournal, NodeRecord, ProxyRecord,
+    RolloutRecord, Store, StoreError,
 };
 
 /// The schema: `MIGRATIONS[i]` takes a store from version `i` to `i + 1`. Append only: a released
 /// migration is never edited, since stores out there already ran it.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_ladders.sql")];
 
 /// `PRAGMA application_id` of a Remora store ("ReMo"), set by the first migration.
 const APPLICATION_ID: i32 = 0x5265_4d6f;
@@ -295,6 +296,24 @@ impl Store for SqliteStore {
         })
     }
 
+    fn put_ladder(&self, ladder: &LadderRecord) -> Result<(), StoreError> {
+        self.write("put_ladder", |tx| {
+            tx.execute(
+                "INSERT INTO ladders (node, state, updated_unix_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (node) DO UPDATE SET state = excluded.state, updated_unix_ms = excluded.updated_unix_ms",
+                params![ladder.node, ladder.state.to_string(), int("updated_unix_ms", ladder.updated_unix_ms)?],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn ladders(&self) -> Result<Vec<LadderRecord>, StoreError> {
+        self.read("ladders", |conn| {
+            let mut stmt = conn.prepare("SELECT node, state, updated_unix_ms FROM ladders ORDER BY node")?;
+            collect(&mut stmt, [], ladder_from_row)
+        })
+    }
+
     fn register(&self, node: &NodeRecord, journal: &NewJournal) -> Result<u64, StoreError> {
         self.write("register", |tx| {
             upsert_node(tx, node)?;
@@ -472,6 +491,16 @@ fn rollout_from_row(row: &Row<'_>) -> Result<RolloutRecord, Failure> {
     })
 }
 
+fn ladder_from_row(row: &Row<'_>) -> Result<LadderRecord, Failure> {
+    let node: String = row.get(0)?;
+    let what = |field: &str| format!("{field} of the ladder of {node:?}");
+    Ok(LadderRecord {
+        state: json(what("state"), &row.get::<_, String>(1)?)?,
+        updated_unix_ms: uint(|| what("updated_unix_ms"), row.get(2)?)?,
+        node,
+    })
+}
+
 fn collect<T>(
     stmt: &mut rusqlite::Statement<'_>,
     params: impl rusqlite::Params,
@@ -645,7 +674,7 @@ mod tests {
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
-            assert_eq!(tables, ["desired", "journal", "nodes", "proxies", "rollouts"]);
+            assert_eq!(tables, ["desired", "journal", "ladders", "nodes", "proxies", "rollouts"]);
         });
     }
 
@@ -689,6 +718,21 @@ mod tests {
 
         let fixed = [MIGRATIONS[0], "CREATE TABLE extra (a INTEGER);"];
         let store = open(&fixed).unwrap();
+        store.with_connection(|conn| assert_eq!(header(conn).unwrap().1, 2));
+    }
+
+    #[test]
+    fn a_version_1_store_gains_the_ladders_and_keeps_its_data() {
+        let (_dir, path) = temp_db();
+        let v1 = SqliteStore::set_up(Connection::open(&path).unwrap(), "v1", &MIGRATIONS[..1]).unwrap();
+        v1.append(&entry(1, "note", None, json!({}))).unwrap();
+        drop(v1);
+        let store = SqliteStore::open_file(&path).unwrap();
+        assert_eq!(store.journal_after(0, 10).unwrap().len(), 1);
+        let ladder =
+            LadderRecord { node: "payments".into(), state: json!({"phase": "held"}), updated_unix_ms: 5 };
+        store.put_ladder(&ladder).unwrap();
+        assert_eq!(store.ladders().unwrap(), [ladder]);
         store.with_connection(|conn| assert_eq!(header(conn).unwrap().1, 2));
     }
 
