@@ -240,7 +240,12 @@ impl Rollout {
             }
             Verdict::Pass { .. } if due => {
                 self.last_check_unix_ms = now;
-                let held = now.saturating_sub(self.step_started_unix_ms) >= settings.step_interval_ms;
+                // Beside a stable version that breaches its SLO, a passing canary moves on at this
+                // check: the step interval is for comparing two healthy versions, and waiting on a
+                // failing one only fails more requests. Each step still needs its own passing traffic.
+                let stable_failing = matches!(self.stable_verdict, Some(Verdict::Breach { .. }));
+                let held = stable_failing
+                    || now.saturating_sub(self.step_started_unix_ms) >= settings.step_interval_ms;
                 if !held {
                     Decision::Hold
                 } else if self.step + 1 >= settings.steps.len() {
@@ -375,6 +380,24 @@ mod tests {
         assert_eq!(rollout.phase, Phase::Promoting);
         let split = rollout.split();
         assert_eq!((split.stable.version.as_str(), split.canary), ("v2", None));
+    }
+
+    #[test]
+    fn beside_a_failing_stable_version_a_passing_canary_moves_on_at_each_check() {
+        let mut hurried = rollout(1);
+        hurried.stable_verdict = Some(breach());
+        assert_eq!(run(&mut hurried, pass(), 1_000), Decision::Advance);
+        assert_eq!(hurried.weight(), 50);
+        // Still one counted check per interval: a report in between does not advance again.
+        assert_eq!(run(&mut hurried, pass(), 1_500), Decision::Hold);
+        // The new step needs its own passing traffic.
+        assert_eq!(run(&mut hurried, inconclusive(), 2_000), Decision::Hold);
+        assert_eq!(run(&mut hurried, pass(), 3_000), Decision::Advance);
+        assert_eq!(run(&mut hurried, pass(), 4_000), Decision::Promote);
+        // A stable version without enough traffic to judge is no reason to hurry.
+        let mut calm = rollout(1);
+        calm.stable_verdict = Some(inconclusive());
+        assert_eq!(run(&mut calm, pass(), 1_000), Decision::Hold);
     }
 
     #[test]
