@@ -85,6 +85,9 @@ enum Command {
     Events(cli::EventsArgs),
     /// Roll a new version of a node out as a canary, or pause, resume, promote, abort or show one.
     Rollout(cli::RolloutArgs),
+    /// Try a held node's healing again (after mending its hook, say): if it still breaches, the
+    /// ladder climbs again from the next analysis interval.
+    Heal(cli::HealArgs),
     /// Add the remora init container and proxy sidecar to the pods of Kubernetes YAML (stdout).
     Inject(inject::InjectArgs),
     /// Set up the pod's network for the sidecar (the init container): iptables rules that send its
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::Map(args) => cli::map(args),
         Command::Events(args) => cli::events(args),
         Command::Rollout(args) => cli::rollout(args),
+        Command::Heal(args) => cli::heal(args),
         Command::Inject(args) => inject::run(args),
         Command::Init(args) => init::run(args),
     }

@@ -432,6 +432,34 @@ async fn a_hanging_hook_is_timed_out_and_the_node_held_on_its_version() {
     assert!(node.get("rollout").is_none_or(Value::is_null), "{node:#}");
     let kinds = mesh.kinds().await;
     assert!(in_order(&kinds, &["degraded", "regenerating", "hook_failed", "held"]), "{kinds:?}");
+
+    // An operator tries again (`remora heal`): still breaching, the ladder climbs at once, and the
+    // hook, still hanging, holds the node again. Only a held node can be retried.
+    let heal = |node: &str| {
+        let url = format!("http://{}", mesh.control().addr);
+        let output = tokio::process::Command::new(common::process::BINARY)
+            .args(["heal", node, "--control", &url, "--token", TOKEN])
+            .output();
+        async move {
+            let output = within("remora heal", output).await.expect("run remora heal");
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            (output.status.code(), text(&output.stdout), text(&output.stderr))
+        }
+    };
+    let (code, out, err) = heal("payments").await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("payments: retrying"), "{out}");
+    let retried = mesh.wait_entry("retried", |_| true).await;
+    assert_eq!(retried["detail"]["by"], "operator", "{retried:#}");
+    mesh.wait_entry("held", |entry| entry["seq"].as_u64() > retried["seq"].as_u64()).await;
+    let kinds = mesh.kinds().await;
+    assert!(
+        in_order(&kinds, &["held", "retried", "regenerating", "hook_failed", "held"]),
+        "the ladder climbed again: {kinds:?}"
+    );
+    let (code, _, err) = heal("nobody").await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("unknown node"), "{err}");
     load.stop().await;
     // Still on its version (failing, but not moved anywhere).
     mesh.stable.set(Behaviour::Ok);
@@ -569,6 +597,14 @@ async fn bad_rollout_requests_are_refused_and_change_nothing() {
     assert_eq!(status, 404, "no rollout to promote");
     let (status, _) = mesh.act("explode").await;
     assert_eq!(status, 404);
+    // Only a held node's healing is retried.
+    for (path, expected) in
+        [("/v1/nodes/payments/healing/retry", 409), ("/v1/nodes/nobody/healing/retry", 404)]
+    {
+        let (status, answer) = mesh.control().call(Method::POST, path, Some(&json!({}))).await;
+        assert_eq!(status, expected, "{path} → {answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+    }
     assert_eq!(mesh.node().await["desired_revision"], revision, "nothing was pushed");
     // One rollout at a time.
     mesh.start_rollout(canary.addr, None).await;

@@ -657,6 +657,29 @@ impl Engine {
         Ok(view(&state.rollouts[node]))
     }
 
+    /// An operator's "try again" for a held node (after mending a hook, say): the ladder goes back to
+    /// watching one breached window short of degraded, so a node that still breaches climbs the
+    /// ladder again at the next interval, and one that recovered meanwhile is simply watched.
+    pub fn retry(&self, node: &str) -> Result<HealingView, Refusal> {
+        self.service.serving(node)?;
+        let mut state = self.lock();
+        let episode = state.ladders.entry(node.to_owned()).or_default();
+        let Ladder::Held { reason, .. } = &episode.ladder else {
+            return Err(Refusal::Conflict(format!(
+                "node {node:?} is {}: only a held node is retried",
+                episode.ladder.name()
+            )));
+        };
+        let detail = json!({ "by": "operator", "was": reason });
+        let breach_windows = self.config.analysis.breach_windows;
+        episode.ladder = Ladder::Watching { breaches: breach_windows.saturating_sub(1) };
+        let episode_trace = episode.trace_id.clone();
+        let view = healing_view(&episode.ladder);
+        self.journal("retried", node, &episode_trace, detail);
+        self.show(&mut state, node);
+        Ok(view)
+    }
+
     /// The node's latest rollout.
     pub fn rollout(&self, node: &str) -> Result<RolloutView, Refusal> {
         let state = self.lock();

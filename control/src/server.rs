@@ -13,6 +13,7 @@
 //! | POST | `/v1/rollouts` | `RolloutStart` → 201 `RolloutView` (409 if one is under way) |
 //! | GET | `/v1/rollouts`, `/v1/rollouts/{node}` | every node's latest rollout, or one node's |
 //! | POST | `/v1/rollouts/{node}/{pause,resume,promote,abort}` | → 200 `RolloutView` |
+//! | POST | `/v1/nodes/{name}/healing/retry` | a held node's ladder tries again → 200 `HealingView` (409 if not held) |
 //! | GET | `/live` | no token: the process answers |
 
 use std::convert::Infallible;
@@ -129,6 +130,9 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
                     .map(|desired| json(StatusCode::OK, &desired)),
                 Err(response) => Ok(response),
             }
+        }
+        (Method::POST, ["v1", "nodes", name, "healing", "retry"]) => {
+            api.engine.retry(name).map(|healing| json(StatusCode::OK, &healing))
         }
         (Method::POST, ["v1", "reports"]) => match read_bytes(request, MAX_REPORT_BYTES).await {
             Ok(bytes) => match Report::from_json(&bytes) {

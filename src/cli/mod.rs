@@ -60,6 +60,14 @@ pub struct NodesArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct HealArgs {
+    /// The held node.
+    node: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Args, Debug)]
 pub struct MapArgs {
     /// Print the map as Graphviz dot (`remora map --dot | dot -Tsvg > map.svg`).
     #[arg(long, conflicts_with = "json")]
@@ -113,6 +121,21 @@ pub fn events(args: EventsArgs) -> ExitCode {
         json: args.connection.json,
     };
     run("events", &args.connection, |control| async move { events::run(&control, options).await })
+}
+
+pub fn heal(args: HealArgs) -> ExitCode {
+    run("heal", &args.connection, |control| async move {
+        let url = control.url(&["v1", "nodes", &args.node, "healing", "retry"], &[]);
+        let value = control.post_json(&url, &serde_json::json!({}), "the node's healing (JSON)").await?;
+        if args.connection.json {
+            return out(&pretty(&value));
+        }
+        out(&format!(
+            "{}: retrying: if it still breaches, the next analysis interval finds it degraded and the \
+             ladder climbs again\n",
+            args.node
+        ))
+    })
 }
 
 pub fn rollout(args: RolloutArgs) -> ExitCode {

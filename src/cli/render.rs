@@ -551,6 +551,7 @@ fn healing_summary(kind: &str, detail: &Value) -> Option<String> {
         "hook_failed" => format!("{} hook: {}", text("hook")?, text("error")?),
         "held" => format!("held on {}: {}", text("serving")?, text("reason")?),
         "recovered" => format!("recovered (was {})", text("from")?),
+        "retried" => format!("retried by {} (was held: {})", text("by")?, text("was")?),
         "ladder_restarted" => format!("{} (was {})", text("reason")?, text("from")?),
         "healed" => format!("{} serving", text("version")?),
         "retired" => format!("{} retired", text("version")?),
