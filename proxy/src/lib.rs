@@ -1,6 +1,6 @@
 //! `remora-proxy`: Remora's data plane.
 //!
-//! A request's way, one module per step: [`listener`](crate::listener) accepts, `server` hands each
+//! A request's way, one module per step: `listener` accepts, `server` hands each
 //! request to the proxy service, `route` finds its route, `split` its weighted backend, `balance` the
 //! endpoint, `forward` sends it on a pooled upstream client. `admin` answers operators; `snapshot`
 //! holds the compiled configuration behind `ArcSwap`. Beside HTTP: `sidecar` decides what an inbound
