@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 
 pub mod analysis;
+mod dashboard;
 pub mod engine;
 pub mod healing;
 pub mod hooks;

@@ -14,7 +14,9 @@
 //! | GET | `/v1/rollouts`, `/v1/rollouts/{node}` | every node's latest rollout, or one node's |
 //! | POST | `/v1/rollouts/{node}/{pause,resume,promote,abort}` | → 200 `RolloutView` |
 //! | POST | `/v1/nodes/{name}/healing/retry` | a held node's ladder tries again → 200 `HealingView` (409 if not held) |
+//! | GET | `/v1/journal?last=N` | the newest N entries, oldest first |
 //! | GET | `/live` | no token: the process answers |
+//! | GET | `/`, `/dashboard.js`, `/dashboard.css` | no token: the dashboard (it asks for the token) |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -84,6 +86,11 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     if path == "/live" {
         return text(StatusCode::OK, "live\n");
+    }
+    if request.method() == Method::GET {
+        if let Some(asset) = crate::dashboard::asset(&path) {
+            return dashboard_file(asset);
+        }
     }
     if !authorized(&request, &api.token) {
         tracing::info!(%path, "refused: missing or wrong token");
@@ -166,6 +173,20 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
             None | Some("json") => Ok(json(StatusCode::OK, &service.map_json())),
             Some(other) => Err(Refusal::BadRequest(format!("unknown format {other:?}: use json or dot"))),
         },
+        (Method::GET, ["v1", "journal"]) if param(&query, "last").is_some() => {
+            match number(&query, "last", 0) {
+                Ok(last) => {
+                    let last = last.min(10_000);
+                    service
+                        .store()
+                        .journal_head()
+                        .and_then(|head| service.journal_after(head.saturating_sub(last), last as usize))
+                        .map(|entries| json(StatusCode::OK, &entries))
+                        .map_err(Refusal::from)
+                }
+                Err(refusal) => Err(refusal),
+            }
+        }
         (Method::GET, ["v1", "journal"]) => {
             match (number(&query, "after", 0), number(&query, "limit", 1000)) {
                 (Ok(after), Ok(limit)) => service
@@ -379,6 +400,20 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn dashboard_file(asset: crate::dashboard::Asset) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(asset.body.as_bytes())).boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static(crate::dashboard::CONTENT_SECURITY_POLICY),
+    );
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
     response
 }
 

@@ -147,6 +147,7 @@ fn demo(args: &DemoArgs, dir: &Path) -> Result<(), String> {
     let (control_part, lines) = start("control", &["control", "--config", &control_arg], &env, "ready:")?;
     let control_addr = address(&lines, "control on")?;
     println!("  control      http://{control_addr}  (remora status --control http://{control_addr})");
+    println!("  dashboard    http://{control_addr}/#token={token}");
 
     let proxy_path = dir.join("proxy.toml");
     std::fs::write(&proxy_path, proxy_config(control_addr, v1_addr)).map_err(|error| error.to_string())?;
@@ -175,6 +176,7 @@ fn demo(args: &DemoArgs, dir: &Path) -> Result<(), String> {
         if result.is_ok() && !args.once {
             println!();
             println!("the demo stays up; look around, then Ctrl-C:");
+            println!("  open http://{control_addr}/#token={token}   (the dashboard)");
             println!("  curl http://{proxy_addr}/hello");
             println!("  remora status --control http://{control_addr} --token {token}");
             println!("  remora events --control http://{control_addr} --token {token}");
