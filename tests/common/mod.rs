@@ -10,6 +10,7 @@
 //! Every await on the network goes through [`within`], so a proxy bug fails a test instead of hanging it.
 #![allow(dead_code, unused_imports)] // each test binary uses its own part of the harness
 
+pub mod browser;
 pub mod chaos;
 pub mod client;
 pub mod control;
