@@ -167,6 +167,7 @@ function renderMap(map) {
   body.replaceChildren();
   const mismatched = new Set((map.edges || []).filter((edge) => edge.mismatch).map((edge) => edge.event));
   const uses = (list) => (list || []).map((use) => use.node + "@" + use.major).join(", ") || "–";
+  $("#no-events").hidden = (map.events || []).length > 0;
   for (const event of map.events || []) {
     const row = element("tr");
     row.dataset.event = event.name;
@@ -292,6 +293,13 @@ document.addEventListener("DOMContentLoaded", () => {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("#token-input").value);
     start();
+  });
+  // A link with another token opened in this tab: start over with it.
+  window.addEventListener("hashchange", () => {
+    if (/(?:^|&)token=/.test(location.hash.slice(1))) {
+      takeToken();
+      location.reload();
+    }
   });
   start();
 });
