@@ -3,21 +3,10 @@
 
 mod common;
 
-use common::control::{Control, TOKEN};
+use common::control::{registration, Control, TOKEN};
 use common::*;
 use http::Method;
 use serde_json::{json, Value};
-
-fn registration(node: &str, version: &str, publishes: &[&str], consumes: &[&str]) -> Value {
-    json!({
-        "node": node,
-        "version": version,
-        "proxy": format!("{node}-proxy:1"),
-        "endpoints": ["127.0.0.1:8080"],
-        "publishes": publishes,
-        "consumes": consumes,
-    })
-}
 
 async fn node_names(control: &Control) -> Vec<String> {
     let (status, nodes) = control.call(Method::GET, "/v1/nodes", None).await;

@@ -5,21 +5,10 @@
 mod common;
 
 use common::browser::Browser;
-use common::control::{Control, TOKEN};
+use common::control::{registration, Control, TOKEN};
 use common::*;
 use http::{Method, Request};
 use serde_json::{json, Value};
-
-fn registration(node: &str, publishes: &[&str], consumes: &[&str]) -> Value {
-    json!({
-        "node": node,
-        "version": "v1",
-        "proxy": format!("{node}-proxy:1"),
-        "endpoints": ["127.0.0.1:8080"],
-        "publishes": publishes,
-        "consumes": consumes,
-    })
-}
 
 async fn register(control: &Control, registration: &Value) {
     let (status, answer) = control.call(Method::POST, "/v1/nodes", Some(registration)).await;
@@ -37,8 +26,8 @@ async fn the_dashboard_shows_the_mesh_live_and_drives_a_rollout() {
     let extra =
         "[rollout]\nsteps = [10, 50, 100]\nprogress_deadline = \"10m\"\n\n[[nodes]]\nname = \"payments\"\n";
     let control = Control::start_in(dir.path().to_owned(), extra).await;
-    register(&control, &registration("payments", &["payment.completed@1"], &[])).await;
-    register(&control, &registration("orders", &["order.placed@1"], &["payment.completed@1"])).await;
+    register(&control, &registration("payments", "v1", &["payment.completed@1"], &[])).await;
+    register(&control, &registration("orders", "v1", &["order.placed@1"], &["payment.completed@1"])).await;
     let body = json!({ "node": "payments", "version": "v2", "endpoints": ["127.0.0.1:9"] });
     let (status, rollout) = control.call(Method::POST, "/v1/rollouts", Some(&body)).await;
     assert_eq!(status, 201, "{rollout:#}");
@@ -83,7 +72,7 @@ async fn the_dashboard_shows_the_mesh_live_and_drives_a_rollout() {
         .await;
 
     // Live: a node registered now shows up in the journal (SSE) and the table.
-    register(&control, &registration("shipping", &[], &["order.placed@1"])).await;
+    register(&control, &registration("shipping", "v1", &[], &["order.placed@1"])).await;
     browser
         .wait_for(
             "the new node's journal entry",

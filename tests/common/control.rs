@@ -119,3 +119,15 @@ impl Control {
         (status, value)
     }
 }
+
+/// A registration of `node` at `version` by one proxy, publishing and consuming `name@major` events.
+pub fn registration(node: &str, version: &str, publishes: &[&str], consumes: &[&str]) -> Value {
+    serde_json::json!({
+        "node": node,
+        "version": version,
+        "proxy": format!("{node}-proxy:1"),
+        "endpoints": ["127.0.0.1:8080"],
+        "publishes": publishes,
+        "consumes": consumes,
+    })
+}
