@@ -95,12 +95,15 @@ async fn the_dashboard_shows_the_mesh_live_and_drives_a_rollout() {
     let (_, rollout) = control.call(Method::GET, "/v1/rollouts/payments", None).await;
     assert_eq!(rollout["phase"], "paused", "{rollout:#}");
     browser.click("tr[data-node=\"payments\"] button[data-action=\"abort\"]").await;
-    browser
+    let rollback = browser
         .wait_for(
             "the rollback in the journal",
-            "return document.querySelector('#journal li[data-kind=\"rollout_rolled_back\"]') !== null;",
+            "const item = document.querySelector('#journal li[data-kind=\"rollout_rolled_back\"]'); \
+             return item ? item.innerText : null;",
         )
         .await;
+    // In words, as `remora events` says it.
+    assert!(rollback.as_str().unwrap_or_default().contains("v1 100%: aborted by an operator"), "{rollback}");
     browser
         .wait_for(
             "rolled back",

@@ -330,6 +330,24 @@ pub struct JournalEntry {
     pub node: Option<String>,
     /// The kind's own fields.
     pub detail: serde_json::Value,
+    /// The entry in a few words ([`crate::journal::summary`]), as control serves it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub summary: String,
+}
+
+impl JournalEntry {
+    /// An entry with its summary.
+    pub fn new(
+        seq: u64,
+        unix_ms: u64,
+        trace_id: String,
+        kind: String,
+        node: Option<String>,
+        detail: serde_json::Value,
+    ) -> Self {
+        let summary = crate::journal::summary(&kind, &detail);
+        Self { seq, unix_ms, trace_id, kind, node, detail, summary }
+    }
 }
 
 /// Reads one JSON document of type `T` from a body that came from the network: refuses an empty body
@@ -707,6 +725,7 @@ mod tests {
                 kind: "weights_changed".to_owned(),
                 node: Some("payments".to_owned()),
                 detail: json!({"route": "api", "weights": [90, 10]}),
+                summary: String::new(),
             },
             json!({
                 "seq": 42, "unix_ms": 1_700_000_000_000_u64, "trace_id": "4bf92f3577b34da6",
@@ -714,6 +733,19 @@ mod tests {
                 "detail": {"route": "api", "weights": [90, 10]},
             }),
         );
+        // As control serves it: with its summary.
+        let entry = JournalEntry::new(
+            7,
+            1,
+            "t".to_owned(),
+            "status_changed".to_owned(),
+            Some("payments".to_owned()),
+            json!({"from": "healthy", "to": "degraded", "reason": "p99 must be <= 250ms; measured 912ms"}),
+        );
+        assert_eq!(entry.summary, "healthy → degraded: p99 must be <= 250ms; measured 912ms");
+        let wire = serde_json::to_value(&entry).unwrap();
+        assert_eq!(wire["summary"], entry.summary);
+        assert_eq!(serde_json::from_value::<JournalEntry>(wire).unwrap(), entry);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod control_config;
 mod diff;
 mod duration;
 mod error;
+pub mod journal;
 mod load;
 mod model;
 mod raw;

@@ -111,14 +111,14 @@ impl Service {
 
     fn announce(&self, seq: u64, entry: NewJournal) {
         self.last_seq.fetch_max(seq, Ordering::Relaxed);
-        self.publish(JournalEntry {
+        self.publish(JournalEntry::new(
             seq,
-            unix_ms: entry.unix_ms,
-            trace_id: entry.trace_id,
-            kind: entry.kind,
-            node: entry.node,
-            detail: entry.detail,
-        });
+            entry.unix_ms,
+            entry.trace_id,
+            entry.kind,
+            entry.node,
+            entry.detail,
+        ));
     }
 
     /// To the streams, and to the node's recent events.
@@ -595,14 +595,7 @@ impl Service {
 }
 
 fn journal_entry(record: JournalRecord) -> JournalEntry {
-    JournalEntry {
-        seq: record.seq,
-        unix_ms: record.unix_ms,
-        trace_id: record.trace_id,
-        kind: record.kind,
-        node: record.node,
-        detail: record.detail,
-    }
+    JournalEntry::new(record.seq, record.unix_ms, record.trace_id, record.kind, record.node, record.detail)
 }
 
 fn spec_of(record: &NodeRecord) -> Result<NodeSpec, serde_json::Error> {

@@ -178,6 +178,7 @@ function renderMap(map) {
   }
 }
 
+// Fields as `key=value`, for an entry served without its summary.
 function summary(detail) {
   if (!detail || typeof detail !== "object") return detail === null || detail === undefined ? "" : String(detail);
   return Object.entries(detail)
@@ -198,7 +199,7 @@ function addEntry(entry) {
   item.appendChild(element("span", new Date(entry.unix_ms).toLocaleTimeString() + " ", "muted"));
   item.appendChild(element("span", entry.kind, "kind"));
   if (entry.node) item.appendChild(element("span", " " + entry.node, "node"));
-  item.appendChild(element("span", " " + summary(entry.detail).slice(0, 300), "detail"));
+  item.appendChild(element("span", " " + (entry.summary || summary(entry.detail).slice(0, 300)), "detail"));
   list.insertBefore(item, list.firstChild);
   while (list.children.length > JOURNAL_KEPT) list.removeChild(list.lastChild);
 }
