@@ -21,6 +21,7 @@ async fn the_demo_heals_the_node_and_rolls_the_bad_canary_back() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "exit {:?}\n{stdout}\n{stderr}", output.status);
     for expected in [
+        "dashboard    http://127.0.0.1:",
         "degraded             v1: ",
         "remediating          hook http://",
         "remedy_did_not_help  still breaching",
