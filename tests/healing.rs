@@ -468,6 +468,33 @@ async fn a_hanging_hook_is_timed_out_and_the_node_held_on_its_version() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_held_retry_a_held_node_tries_its_healing_again_by_itself() {
+    let mesh = Mesh::start(|dir| {
+        let hook = hook_script(dir, "regenerate", "exit 3");
+        format!("held_retry = \"1s\"\n{}", control_extra(FAST_ROLLOUT, &format!("hooks.regenerate = {hook}")))
+    })
+    .await;
+    let load = Load::start(&mesh.proxy.url("/"), 1);
+    mesh.wait_node("traffic in control's stats", |node| node["stats"]["requests"].as_u64() >= Some(50)).await;
+    mesh.stable.set(Behaviour::Status(500));
+    let first = mesh.wait_entry("held", |_| true).await;
+    let retried = mesh.wait_entry("retried", |_| true).await;
+    assert_eq!(retried["detail"]["by"], "control", "{retried:#}");
+    assert_eq!(retried["detail"]["held_retry_ms"], 1000, "{retried:#}");
+    let waited =
+        retried["unix_ms"].as_u64().unwrap_or_default() - first["unix_ms"].as_u64().unwrap_or_default();
+    assert!(waited >= 1000, "retried after {waited} ms");
+    // Still failing, and the hook still fails: held again, and so on while nobody mends it.
+    mesh.wait_entry("held", |entry| entry["seq"].as_u64() > retried["seq"].as_u64()).await;
+    load.stop().await;
+    let kinds = mesh.kinds().await;
+    assert!(
+        in_order(&kinds, &["held", "retried", "degraded", "regenerating", "hook_failed", "held"]),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_control_holds_a_node_whose_regeneration_it_lost_and_keeps_it_held() {
     // The regenerate hook notes its process group and answers only after control is gone.
     let hooks = |dir: &Path| {

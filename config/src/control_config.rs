@@ -158,6 +158,9 @@ pub struct Analysis {
     pub breach_windows: u32,
     /// After a remedy, how long a node gets to recover before it is regenerated. Default 30 s.
     pub cooldown: Duration,
+    /// How long a held node waits before control tries its healing again by itself (as `remora heal`
+    /// does); 0, the default, waits for an operator.
+    pub held_retry: Duration,
 }
 
 impl Default for Analysis {
@@ -167,6 +170,7 @@ impl Default for Analysis {
             window: Duration::from_secs(10),
             breach_windows: 3,
             cooldown: Duration::from_secs(30),
+            held_retry: Duration::from_secs(0),
         }
     }
 }

@@ -141,6 +141,15 @@ impl Engine {
 
     fn climb(self: &Arc<Self>, state: &mut State, node: &str, now: u64) {
         let Ok(serving) = self.service.serving(node) else { return };
+        // `held_retry`: a node held that long tries its healing again by itself.
+        let held_retry = self.config.analysis.held_retry.get().as_millis() as u64;
+        let held_since = match state.ladders.get(node).map(|episode| &episode.ladder) {
+            Some(Ladder::Held { since_unix_ms, .. }) => Some(*since_unix_ms),
+            _ => None,
+        };
+        if held_retry > 0 && held_since.is_some_and(|since| now.saturating_sub(since) >= held_retry) {
+            self.release(state, node, json!({ "by": "control", "held_retry_ms": held_retry }));
+        }
         let slo = self.config.slo(node);
         let breach_windows = self.config.analysis.breach_windows;
         let episode = state.ladders.entry(node.to_owned()).or_default();
@@ -664,20 +673,31 @@ impl Engine {
         self.service.serving(node)?;
         let mut state = self.lock();
         let episode = state.ladders.entry(node.to_owned()).or_default();
-        let Ladder::Held { reason, .. } = &episode.ladder else {
+        if !matches!(episode.ladder, Ladder::Held { .. }) {
             return Err(Refusal::Conflict(format!(
                 "node {node:?} is {}: only a held node is retried",
                 episode.ladder.name()
             )));
-        };
-        let detail = json!({ "by": "operator", "was": reason });
+        }
+        self.release(&mut state, node, json!({ "by": "operator" }));
+        self.show(&mut state, node);
+        Ok(state
+            .ladders
+            .get(node)
+            .map(|episode| healing_view(&episode.ladder))
+            .unwrap_or_else(|| healing_view(&Ladder::default())))
+    }
+
+    /// A held node back to watching, one breached window short of degraded (see [`Engine::retry`]).
+    fn release(&self, state: &mut State, node: &str, mut detail: Value) {
+        let episode = state.ladders.entry(node.to_owned()).or_default();
+        if let Ladder::Held { reason, .. } = &episode.ladder {
+            detail["was"] = json!(reason);
+        }
         let breach_windows = self.config.analysis.breach_windows;
         episode.ladder = Ladder::Watching { breaches: breach_windows.saturating_sub(1) };
-        let episode_trace = episode.trace_id.clone();
-        let view = healing_view(&episode.ladder);
-        self.journal("retried", node, &episode_trace, detail);
-        self.show(&mut state, node);
-        Ok(view)
+        let trace = episode.trace_id.clone();
+        self.journal("retried", node, &trace, detail);
     }
 
     /// The node's latest rollout.

@@ -21,6 +21,7 @@ pub struct RawAnalysis {
     pub window: Option<Duration>,
     pub breach_windows: Option<u32>,
     pub cooldown: Option<Duration>,
+    pub held_retry: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,6 +13,7 @@ token_file = "/etc/remora/token"
 interval = "1s"
 window = "10s"
 breach_windows = 3                  # degraded after this many breached windows in a row
+held_retry = "0s"                   # a held node waits for an operator (`remora heal`); "15m": retried by itself
 
 [rollout]
 steps = [10, 25, 50, 100]
@@ -67,7 +68,8 @@ fn empty_file_gives_the_documented_defaults() {
             interval: Duration::from_secs(1),
             window: Duration::from_secs(10),
             breach_windows: 3,
-            cooldown: Duration::from_secs(30)
+            cooldown: Duration::from_secs(30),
+            held_retry: Duration::from_secs(0)
         }
     );
     assert_eq!(

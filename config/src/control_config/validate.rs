@@ -126,6 +126,7 @@ impl Checker<'_> {
             window: raw.window.unwrap_or(defaults.window),
             breach_windows: raw.breach_windows.unwrap_or(defaults.breach_windows),
             cooldown: raw.cooldown.unwrap_or(defaults.cooldown),
+            held_retry: raw.held_retry.unwrap_or(defaults.held_retry),
         };
         self.positive(analysis.interval, "analysis.interval");
         self.positive(analysis.window, "analysis.window");
