@@ -679,17 +679,13 @@ impl Engine {
                 episode.ladder.name()
             )));
         }
-        self.release(&mut state, node, json!({ "by": "operator" }));
+        let view = self.release(&mut state, node, json!({ "by": "operator" }));
         self.show(&mut state, node);
-        Ok(state
-            .ladders
-            .get(node)
-            .map(|episode| healing_view(&episode.ladder))
-            .unwrap_or_else(|| healing_view(&Ladder::default())))
+        Ok(view)
     }
 
     /// A held node back to watching, one breached window short of degraded (see [`Engine::retry`]).
-    fn release(&self, state: &mut State, node: &str, mut detail: Value) {
+    fn release(&self, state: &mut State, node: &str, mut detail: Value) -> HealingView {
         let episode = state.ladders.entry(node.to_owned()).or_default();
         if let Ladder::Held { reason, .. } = &episode.ladder {
             detail["was"] = json!(reason);
@@ -698,6 +694,7 @@ impl Engine {
         episode.ladder = Ladder::Watching { breaches: breach_windows.saturating_sub(1) };
         let trace = episode.trace_id.clone();
         self.journal("retried", node, &trace, detail);
+        healing_view(&episode.ladder)
     }
 
     /// The node's latest rollout.
@@ -759,9 +756,11 @@ impl Engine {
                     continue;
                 }
             };
-            let mut episode = stored.clone();
-            let trace = episode.trace_id.clone();
-            match &episode.ladder {
+            state.stored.insert(node.clone(), stored.clone());
+            let trace = stored.trace_id.clone();
+            let ladder = stored.ladder.clone();
+            let episode = state.ladders.entry(node.clone()).or_insert(stored);
+            match ladder {
                 Ladder::Remediating { .. } => {
                     episode.ladder = Ladder::Watching { breaches: 0 };
                     let reason = "control restarted while the remediate hook ran: the episode starts over";
@@ -773,23 +772,17 @@ impl Engine {
                     );
                 }
                 Ladder::Regenerating { .. } => {
-                    let reason =
-                        "control restarted while the regenerate hook ran; its answer is lost".to_owned();
-                    episode.ladder =
-                        Ladder::Held { since_unix_ms: now, reason: reason.clone(), recoveries: 0 };
-                    let serving =
-                        self.service.serving(&node).map(|serving| serving.version).unwrap_or_default();
-                    self.journal("held", &node, &trace, json!({ "reason": reason, "serving": serving }));
+                    let reason = "control restarted while the regenerate hook ran; its answer is lost";
+                    self.hold(&mut state, &node, reason.to_owned(), now);
                 }
                 // The rollouts, resumed next, put a node whose canary is still under way back on it.
                 Ladder::Canary { .. } => episode.ladder = Ladder::Watching { breaches: 0 },
                 Ladder::Watching { .. } | Ladder::CoolingDown { .. } | Ladder::Held { .. } => {}
             }
-            if episode.ladder != Ladder::default() || episode.degraded_unix_ms.is_some() {
+            if let Some(episode) = state.ladders.get(&node).filter(|episode| **episode != Episode::default())
+            {
                 tracing::info!(node, ladder = episode.ladder.name(), "healing ladder taken up");
             }
-            state.stored.insert(node.clone(), stored);
-            state.ladders.insert(node, episode);
         }
         Ok(())
     }

@@ -16,7 +16,7 @@
 //! | POST | `/v1/nodes/{name}/healing/retry` | a held node's ladder tries again → 200 `HealingView` (409 if not held) |
 //! | GET | `/v1/journal?last=N` | the newest N entries, oldest first |
 //! | GET | `/live` | no token: the process answers |
-//! | GET | `/`, `/dashboard.js`, `/dashboard.css` | no token: the dashboard (it asks for the token) |
+//! | GET | `/` (or `/dashboard`), `/dashboard.js`, `/dashboard.css` | no token: the dashboard (it asks for the token) |
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -368,15 +368,7 @@ async fn connect(target: &EndpointTarget) -> Result<(TokioIo<TcpStream>, Held), 
             (Some(noted), addr) => {
                 let addr = match addr {
                     Some(addr) => addr,
-                    None => tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
-                        .await?
-                        .next()
-                        .ok_or_else(|| {
-                            std::io::Error::new(
-                                std::io::ErrorKind::NotFound,
-                                "the host name resolves to no address",
-                            )
-                        })?,
+                    None => crate::tcp::lookup((endpoint.host.as_str(), endpoint.port)).await?,
                 };
                 let (stream, port) = crate::tcp::dial(addr, target.connect_timeout, noted).await?;
                 Ok((stream, Some(port)))

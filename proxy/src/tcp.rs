@@ -263,12 +263,17 @@ async fn resolve_and_dial(
 ) -> io::Result<(TcpStream, OwnPort)> {
     let addr = match address.parse::<SocketAddr>() {
         Ok(addr) => addr,
-        Err(_) => tokio::net::lookup_host(address)
-            .await?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the host name resolves to no address"))?,
+        Err(_) => lookup(address).await?,
     };
     dial(addr, timeout, own).await
+}
+
+/// The first address a host name (with its port) resolves to.
+pub async fn lookup(target: impl tokio::net::ToSocketAddrs) -> io::Result<SocketAddr> {
+    tokio::net::lookup_host(target)
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the host name resolves to no address"))
 }
 
 /// The local ports of the upstream connections this proxy has open, as a bitmap: one bit per port.
