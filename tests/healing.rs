@@ -53,6 +53,11 @@ fn control_extra(rollout: &str, hooks: &str) -> String {
 const FAST_ROLLOUT: &str =
     "steps = [10, 50, 100]\nstep_interval = \"600ms\"\nmax_failed_checks = 1\nprogress_deadline = \"20s\"";
 
+/// Steps long enough that a test acting at 50% gets there before the rollout moves on, even on a
+/// starved machine (with 600 ms steps a busy CI run once saw 10% and then 100%, never 50%).
+const STEADY_ROLLOUT: &str =
+    "steps = [10, 50, 100]\nstep_interval = \"3s\"\nmax_failed_checks = 1\nprogress_deadline = \"30s\"";
+
 /// A hook script in `dir`: saves its input to `NAME.json`, then runs `then`.
 fn hook_script(dir: &Path, name: &str, then: &str) -> String {
     let script = dir.join(format!("{name}.sh"));
@@ -344,7 +349,7 @@ async fn a_bad_canary_is_rolled_back_at_its_first_step_and_the_stable_version_is
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_pauses_resumes_and_aborts_a_rollout() {
-    let mesh = Mesh::start(|_| control_extra(FAST_ROLLOUT, "")).await;
+    let mesh = Mesh::start(|_| control_extra(STEADY_ROLLOUT, "")).await;
     let canary = Chaos::start("v2").await;
     let load = Load::start(&mesh.proxy.url("/"), 1);
     mesh.start_rollout(canary.addr, None).await;
@@ -353,16 +358,12 @@ async fn an_operator_pauses_resumes_and_aborts_a_rollout() {
     let (status, again) = mesh.act("pause").await;
     assert_eq!(status, 409, "{again:#}");
 
-    // Many reports later (each longer than the 600 ms step together), still on its first step.
-    let mut last = 0;
-    for _ in 0..6 {
-        let node = mesh
-            .wait_node("a new report", |node| {
-                node["last_report_unix_ms"].as_u64().is_some_and(|at| at > last)
-            })
-            .await;
-        last = node["last_report_unix_ms"].as_u64().unwrap_or_default();
-    }
+    // Reports spanning longer than the 3 s step later, still on its first step.
+    let first = mesh.node().await["last_report_unix_ms"].as_u64().unwrap_or_default();
+    mesh.wait_node("reports spanning more than a step", |node| {
+        node["last_report_unix_ms"].as_u64().is_some_and(|at| at > first + 3_500)
+    })
+    .await;
     let node = mesh.node().await;
     assert_eq!(
         (node["rollout"]["phase"].as_str(), node["rollout"]["weight"].as_u64()),
@@ -371,7 +372,7 @@ async fn an_operator_pauses_resumes_and_aborts_a_rollout() {
 
     let (status, resumed) = mesh.act("resume").await;
     assert_eq!((status, resumed["phase"].as_str()), (200, Some("progressing")), "{resumed:#}");
-    mesh.wait_node("the next step", |node| node["rollout"]["weight"] == 50).await;
+    mesh.wait_entry("rollout_step", |entry| entry["detail"]["weight"] == 50).await;
     let (status, aborted) = mesh.act("abort").await;
     assert_eq!(
         (status, aborted["phase"].as_str(), aborted["weight"].as_u64()),
@@ -551,15 +552,19 @@ async fn a_restarted_control_holds_a_node_whose_regeneration_it_lost_and_keeps_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_restarted_mid_rollout_resumes_it_and_promotes() {
-    let mut mesh = Mesh::start(|_| control_extra(FAST_ROLLOUT, "")).await;
+    let mut mesh = Mesh::start(|_| control_extra(STEADY_ROLLOUT, "")).await;
     let canary = Chaos::start("v2").await;
     let load = Load::start(&mesh.proxy.url("/"), 1);
     let rollout = mesh.start_rollout(canary.addr, Some(&[10, 50, 100])).await;
     let id = rollout["id"].as_str().expect("id").to_owned();
-    mesh.wait_node("the second step", |node| node["rollout"]["weight"] == 50).await;
+    mesh.wait_entry("rollout_step", |entry| entry["detail"]["weight"] == 50).await;
+    mesh.wait_node("the second step applied", |node| {
+        node["rollout"]["weight"] == 50 && node["rollout"]["acked"] == true
+    })
+    .await;
 
     // Control dies mid-rollout; the proxy keeps the 50% split; control comes back on its port.
-    mesh.restart_control(&control_extra(FAST_ROLLOUT, "")).await;
+    mesh.restart_control(&control_extra(STEADY_ROLLOUT, "")).await;
     let answers = mesh.answers(40).await;
     assert!(answers.iter().any(|answer| answer.0 == "v2") && answers.iter().any(|answer| answer.0 == "v1"));
 
