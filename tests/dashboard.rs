@@ -72,6 +72,10 @@ async fn the_dashboard_shows_the_mesh_live_and_drives_a_rollout() {
         .await;
 
     // Live: a node registered now shows up in the journal (SSE) and the table.
+    let kept =
+        "window.kept = document.querySelector('tr[data-node=\"payments\"] button[data-action=\"pause\"]'); \
+                return window.kept !== null;";
+    assert_eq!(browser.eval(kept).await, Value::Bool(true));
     register(&control, &registration("shipping", "v1", &[], &["order.placed@1"])).await;
     browser
         .wait_for(
@@ -80,6 +84,9 @@ async fn the_dashboard_shows_the_mesh_live_and_drives_a_rollout() {
         )
         .await;
     browser.wait_for("the new node's row", &cell("shipping", "status")).await;
+    // The redraw moved rows about but kept an unchanged button the same element: a click is not lost.
+    let same = "return document.querySelector('tr[data-node=\"payments\"] button[data-action=\"pause\"]') === window.kept;";
+    assert_eq!(browser.eval(same).await, Value::Bool(true), "the pause button was redrawn");
 
     // The rollout's buttons act through the API.
     browser.click("tr[data-node=\"payments\"] button[data-action=\"pause\"]").await;

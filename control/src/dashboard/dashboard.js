@@ -129,35 +129,50 @@ function actions(node) {
   return cell;
 }
 
+function nodeRow(node) {
+  const row = element("tr");
+  row.dataset.node = node.name;
+  const stats = node.stats || {};
+  const healing = node.healing ? node.healing.phase : "healthy";
+  row.appendChild(element("td", node.name, "name"));
+  row.appendChild(element("td", node.status, "status status-" + node.status));
+  const serving = element("td", node.serving_version || node.version, "serving");
+  const versions = Object.entries(node.versions || {});
+  if (versions.length > 1) {
+    const list = versions.map(([version, figures]) =>
+      version + " " + percent(figures.success_rate) + " ok, p99 " + ms(figures.p99_ms)).join("; ");
+    serving.appendChild(element("div", list, "versions"));
+  }
+  row.appendChild(serving);
+  row.appendChild(element("td", healingText(node), "healing status-" + healing));
+  row.appendChild(rolloutCell(node));
+  row.appendChild(element("td", stats.rps === undefined ? "–" : stats.rps.toFixed(1), "num rps"));
+  row.appendChild(element("td", percent(stats.success_rate), "num success"));
+  row.appendChild(element("td", ms(stats.p99_ms), "num p99"));
+  row.appendChild(element("td", (node.proxies || []).length, "num proxies"));
+  row.appendChild(element("td", node.desired_revision, "num revision"));
+  row.appendChild(actions(node));
+  return row;
+}
+
+// Rows are updated in place, cell by cell, and a cell is replaced only when what it shows changed:
+// a button under the pointer stays the same element across refreshes (a click is never lost to a
+// redraw), and so does a selection of text.
 function renderNodes(nodes) {
   const body = $("#nodes tbody");
-  body.replaceChildren();
   $("#no-nodes").hidden = nodes.length > 0;
-  for (const node of nodes) {
-    const row = element("tr");
-    row.dataset.node = node.name;
-    const stats = node.stats || {};
-    const healing = node.healing ? node.healing.phase : "healthy";
-    row.appendChild(element("td", node.name, "name"));
-    row.appendChild(element("td", node.status, "status status-" + node.status));
-    const serving = element("td", node.serving_version || node.version, "serving");
-    const versions = Object.entries(node.versions || {});
-    if (versions.length > 1) {
-      const list = versions.map(([version, figures]) =>
-        version + " " + percent(figures.success_rate) + " ok, p99 " + ms(figures.p99_ms)).join("; ");
-      serving.appendChild(element("div", list, "versions"));
-    }
-    row.appendChild(serving);
-    row.appendChild(element("td", healingText(node), "healing status-" + healing));
-    row.appendChild(rolloutCell(node));
-    row.appendChild(element("td", stats.rps === undefined ? "–" : stats.rps.toFixed(1), "num rps"));
-    row.appendChild(element("td", percent(stats.success_rate), "num success"));
-    row.appendChild(element("td", ms(stats.p99_ms), "num p99"));
-    row.appendChild(element("td", (node.proxies || []).length, "num proxies"));
-    row.appendChild(element("td", node.desired_revision, "num revision"));
-    row.appendChild(actions(node));
-    body.appendChild(row);
-  }
+  const shown = new Map(Array.from(body.rows, (row) => [row.dataset.node, row]));
+  const rows = nodes.map((node) => {
+    const fresh = nodeRow(node);
+    const row = shown.get(node.name);
+    if (!row || row.cells.length !== fresh.cells.length) return fresh;
+    Array.from(fresh.cells).forEach((cell, at) => {
+      if (row.cells[at].outerHTML !== cell.outerHTML) row.cells[at].replaceWith(cell);
+    });
+    return row;
+  });
+  const same = rows.length === body.rows.length && rows.every((row, at) => body.rows[at] === row);
+  if (!same) body.replaceChildren(...rows);
 }
 
 // Each event type with the nodes that publish and consume it (`node@major`); an event whose consumer
