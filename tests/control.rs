@@ -131,7 +131,15 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let control = Control::start_in(dir.path().to_owned(), "").await;
     let payments = registration("payments", "v1", &[], &[]);
     assert_eq!(control.call(Method::POST, "/v1/nodes", Some(&payments)).await.0, 200);
-    let nodes_before = control.call(Method::GET, "/v1/nodes", None).await.1;
+    // The analysis tick adds a node's `healing` on its own schedule: that is not the bad input's doing.
+    let nodes = || async {
+        let mut nodes = control.call(Method::GET, "/v1/nodes", None).await.1;
+        for node in nodes.as_array_mut().into_iter().flatten() {
+            node.as_object_mut().map(|node| node.remove("healing"));
+        }
+        nodes
+    };
+    let nodes_before = nodes().await;
     let desired_before = control.call(Method::GET, "/v1/nodes/payments/desired", None).await;
 
     let big = vec![b'x'; 10 * 1024 * 1024];
@@ -178,7 +186,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(status, 400, "{answer:#}");
     assert!(answer["error"].as_str().unwrap_or("").contains("unknown node"), "{answer:#}");
 
-    assert_eq!(control.call(Method::GET, "/v1/nodes", None).await.1, nodes_before);
+    assert_eq!(nodes().await, nodes_before);
     assert_eq!(control.call(Method::GET, "/v1/nodes/payments/desired", None).await, desired_before);
 }
 

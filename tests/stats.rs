@@ -218,16 +218,18 @@ endpoints = ["{DEAD}"]
 #[tokio::test]
 async fn the_last_interval_rolls_over() {
     let upstream = timed_upstream().await;
-    let proxy = Proxy::start(&one_route(upstream.addr, "interval = \"300ms\"")).await;
+    let proxy = Proxy::start(&one_route(upstream.addr, "interval = \"1s\"")).await;
     let client = h1_client();
     for _ in 0..20 {
         assert_eq!(get(&client, &proxy.url("/fast")).await.status, 200);
     }
-    // The interval in which the 20 requests fell closes, then one with no requests closes after it.
-    let last_with = wait_stats(&proxy, "an interval holding the 20 requests", |series| {
-        series["last_interval"]["requests"] == 20
+    // An interval in which the requests fell closes (on a busy machine they may straddle two), then
+    // one with no requests closes after it.
+    let last_with = wait_stats(&proxy, "an interval holding the requests", |series| {
+        series["last_interval"]["requests"].as_u64().unwrap_or_default() > 0
     })
     .await;
+    assert!(last_with["last_interval"]["requests"].as_u64() <= Some(20), "{last_with:#}");
     assert!(number(&last_with["last_interval"]["rps"], "rps") > 0.0);
     let empty =
         wait_stats(&proxy, "an interval with no requests", |series| series["last_interval"]["requests"] == 0)
