@@ -17,6 +17,7 @@ mod model;
 mod raw;
 pub mod report;
 pub mod rollout;
+mod traffic;
 mod validate;
 
 pub use control_config::{load_control_file, load_control_str, ControlConfig};
@@ -29,3 +30,4 @@ pub use model::{
     HttpLimits, Limits, Listener, ListenerMode, ListenerProtocol, Node, Outlier, PathMatch, Retry, RetryOn,
     Route, RouteMatch, Runtime, Stats, Sticky, UpstreamProtocol,
 };
+pub use traffic::NodeTraffic;

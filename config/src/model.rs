@@ -256,6 +256,8 @@ pub enum RetryOn {
 pub struct Cluster {
     pub name: String,
     pub version: String,
+    /// The node whose `version` this cluster runs, when named; see [`Config::node_clusters`].
+    pub node: Option<String>,
     pub endpoints: Vec<Endpoint>,
     pub protocol: UpstreamProtocol,
     pub connect_timeout: Duration,

@@ -126,6 +126,7 @@ pub struct RawRetry {
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     pub version: Option<String>,
+    pub node: Option<String>,
     pub endpoints: Vec<String>,
     pub protocol: Option<crate::UpstreamProtocol>,
     pub connect_timeout: Option<Duration>,

@@ -334,6 +334,9 @@ impl Validator<'_> {
         }
         let version = raw.version.unwrap_or_else(|| "default".to_owned());
         self.name(&version, &format!("{path}.version"));
+        if let Some(node) = &raw.node {
+            self.name(node, &format!("{path}.node"));
+        }
         let connect_timeout = raw.connect_timeout.unwrap_or(Duration::from_secs(1));
         if connect_timeout.is_zero() {
             self.errors.push(format!("{path}.connect_timeout"), "must be greater than zero");
@@ -344,6 +347,7 @@ impl Validator<'_> {
         Some(Cluster {
             name: name.to_owned(),
             version,
+            node: raw.node,
             endpoints,
             protocol: raw.protocol.unwrap_or(UpstreamProtocol::Http1),
             connect_timeout,

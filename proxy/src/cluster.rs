@@ -149,6 +149,7 @@ impl Cluster {
             &config::Cluster {
                 name: format!("cluster-{version}"),
                 version: version.to_owned(),
+                node: None,
                 endpoints: Vec::new(),
                 protocol: config::UpstreamProtocol::Http1,
                 connect_timeout: config::Duration::from_secs(1),

@@ -465,6 +465,7 @@ impl Context {
             let settings = config::Cluster {
                 name: name.clone(),
                 version: version.to_owned(),
+                node: snapshot.config.node.as_ref().map(|node| node.name.clone()),
                 endpoints: vec![config::Endpoint {
                     host: address.ip().to_string(),
                     port: address.port(),

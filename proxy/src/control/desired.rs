@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use remora_config::control::{DesiredBackend, DesiredSplit, DesiredState};
-use remora_config::{Backend, Cluster, Config, Endpoint, Route};
+use remora_config::{Backend, Cluster, Config, Endpoint, NodeTraffic, Route};
 use tokio::sync::watch;
 
 use super::api::{Api, Failure, LONG_POLL_WAIT};
@@ -30,8 +30,9 @@ const WEIGHT_PER_PERCENT: u64 = 100;
 
 /// `base` with control's desired state laid over it: first the split, then the routes.
 ///
-/// **The split** changes every route that serves the node, that is, one of whose backends' clusters
-/// has a version of the node (the configuration's `[node]` version, the split's stable or canary);
+/// **The split** changes every route that serves the node ([`NodeTraffic`]: one of whose backends'
+/// clusters names the node, or, while none does, has a version of the node — the configuration's
+/// `[node]` version, the split's stable or canary — and that is not only on outbound listeners);
 /// other routes are untouched. On such a route the stable version's clusters share
 /// `100 - canary_weight` percent and the canary's `canary_weight`, each version's share divided in
 /// proportion to its clusters' own weights (equally when those are all 0); every other backend gets 0.
@@ -154,11 +155,13 @@ impl<'a> Shares<'a> {
 
     /// `None` when the route does not serve the node.
     fn route(&self, config: &Config, route: &Route) -> Option<Result<Laid, Vec<String>>> {
-        let version_of = |backend: &Backend| Some(config.clusters.get(&backend.cluster)?.version.as_str());
-        let template = route.backends.iter().find_map(|backend| {
+        let traffic = NodeTraffic::new(config, self.node, self.versions.clone());
+        let template = traffic.template(route)?;
+        // The version of a backend's cluster when that cluster may be the node's.
+        let version_of = |backend: &Backend| {
             let cluster = config.clusters.get(&backend.cluster)?;
-            self.versions.contains(&cluster.version.as_str()).then_some(cluster)
-        })?;
+            traffic.claims(cluster).then_some(cluster.version.as_str())
+        };
         let name = &route.name;
         let mut backends: Vec<Backend> =
             route.backends.iter().map(|backend| Backend { weight: 0, ..backend.clone() }).collect();
@@ -187,7 +190,7 @@ impl<'a> Shares<'a> {
                 ));
                 continue;
             } else if own.is_empty() {
-                match self.cluster_for(config, &clusters, template, share) {
+                match self.cluster_for(config, &traffic, &clusters, template, share) {
                     Ok(cluster) => {
                         own.push((backends.len(), 0));
                         backends.push(Backend { cluster: cluster.name.clone(), weight: 0 });
@@ -224,6 +227,7 @@ impl<'a> Shares<'a> {
     fn cluster_for(
         &self,
         config: &Config,
+        traffic: &NodeTraffic<'_>,
         added: &[Cluster],
         template: &Cluster,
         share: &Share<'_>,
@@ -242,7 +246,7 @@ impl<'a> Shares<'a> {
                         ..template.clone()
                     })
                 }
-                Some(cluster) if cluster.version == share.version => {
+                Some(cluster) if cluster.version == share.version && traffic.claims(cluster) => {
                     return Ok(Cluster { endpoints: share.endpoints.clone(), ..cluster.clone() })
                 }
                 Some(_) => {}
@@ -767,6 +771,79 @@ endpoints = ["127.0.0.1:9004"]
             ]
         );
         assert_eq!(config, base);
+    }
+
+    #[test]
+    fn a_sidecars_outbound_route_is_another_service_even_with_the_nodes_version() {
+        let base = load(
+            r#"
+[node]
+name = "payments"
+version = "v1"
+[[listeners]]
+name = "in"
+listen = "127.0.0.1:0"
+mode = "inbound"
+[[listeners]]
+name = "out"
+listen = "127.0.0.1:0"
+mode = "outbound"
+[[routes]]
+name = "api"
+listener = "in"
+backends = [{ cluster = "payments-v1" }]
+[[routes]]
+name = "to-orders"
+listener = "out"
+backends = [{ cluster = "orders-v1" }]
+[clusters.payments-v1]
+version = "v1"
+endpoints = ["127.0.0.1:9001"]
+[clusters.orders-v1]
+version = "v1"
+endpoints = ["127.0.0.1:9004"]
+"#,
+        );
+        let (config, problems) = overlay(&base, &split(version("v1", &[]), Some(v3()), 10));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(weights(&config, "api"), pairs(&[("payments-v1", 9_000), ("payments-v3", 1_000)]));
+        assert_eq!(weights(&config, "to-orders"), weights(&base, "to-orders"), "orders' traffic never moves");
+    }
+
+    #[test]
+    fn clusters_that_name_their_node_keep_other_nodes_of_the_same_version_out() {
+        // A reverse proxy in front of two services, both at "v1".
+        let base = load(
+            r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+[[routes]]
+name = "payments"
+match = { path_prefix = "/pay" }
+backends = [{ cluster = "payments-v1" }]
+[[routes]]
+name = "orders"
+backends = [{ cluster = "orders-v1" }]
+[clusters.payments-v1]
+version = "v1"
+node = "payments"
+endpoints = ["127.0.0.1:9001"]
+[clusters.orders-v1]
+version = "v1"
+node = "orders"
+endpoints = ["127.0.0.1:9004"]
+"#,
+        );
+        let (config, problems) = overlay(&base, &split(version("v1", &[]), Some(v3()), 10));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(weights(&config, "payments"), pairs(&[("payments-v1", 9_000), ("payments-v3", 1_000)]));
+        assert_eq!(weights(&config, "orders"), weights(&base, "orders"));
+        assert_eq!(
+            config.clusters["payments-v3"].node.as_deref(),
+            Some("payments"),
+            "the copy names its node"
+        );
     }
 
     #[test]

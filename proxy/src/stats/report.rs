@@ -8,6 +8,8 @@ use remora_config::report::{
     BreakerReport, BreakerState, Counts, EncodedHistogram, EventReport, Report, SeriesReport, REPORT_SCHEMA,
 };
 
+use remora_config::{ListenerMode, NodeTraffic};
+
 use super::{Recorder, RequestOutcome};
 use crate::events::{Event, EventKind};
 use crate::snapshot::Shared;
@@ -28,10 +30,26 @@ impl Reporter {
     }
 
     /// The next report: takes what was recorded since the previous one, so nothing is counted twice.
+    ///
+    /// Only the node's own traffic is reported as the node's: the series of the clusters that carry
+    /// it ([`NodeTraffic`]) and of an inbound listener's local app. A sidecar's calls out to other
+    /// services (or another service's route in a shared proxy) stay in `/stats` and `/metrics`; were
+    /// they reported, another service's failures would degrade this node and heal the wrong one.
     pub fn next(&mut self, shared: &Shared, desired_revision: Option<u64>) -> Report {
         let (taken, start, end) = shared.stats.take_unreported();
+        let snapshot = shared.snapshot.load();
+        let config = &snapshot.config;
+        let own = NodeTraffic::new(config, &self.node, vec![self.node_version.as_str()]).clusters();
+        let local_app = |route: &str, cluster: &str| {
+            !config.clusters.contains_key(cluster)
+                && config
+                    .listeners
+                    .iter()
+                    .any(|listener| listener.name == route && listener.mode == ListenerMode::Inbound)
+        };
         let series = taken
             .into_iter()
+            .filter(|(key, _)| own.contains(&*key.cluster) || local_app(&key.route, &key.cluster))
             .map(|(key, recorder)| SeriesReport {
                 route: key.route.to_string(),
                 cluster: key.cluster.to_string(),
@@ -41,7 +59,6 @@ impl Reporter {
                 headers_latency: EncodedHistogram::new(recorder.headers),
             })
             .collect();
-        let snapshot = shared.snapshot.load();
         let now = tokio::time::Instant::now();
         let breakers = snapshot
             .clusters()
@@ -197,5 +214,68 @@ window = "10s"
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].kind, "breaker_opened");
         assert_eq!(events[0].detail, "open for 5000 ms");
+    }
+
+    /// A sidecar reports the traffic to its node (inbound routes, its local app) and not its own calls
+    /// out to another service, even one whose clusters carry the same version label.
+    #[test]
+    fn only_the_nodes_own_traffic_is_reported() {
+        let config = remora_config::load_str(
+            r#"
+[node]
+name = "payments"
+version = "v1"
+
+[[listeners]]
+name = "in"
+listen = "127.0.0.1:0"
+mode = "inbound"
+
+[[listeners]]
+name = "app"
+listen = "127.0.0.1:0"
+mode = "inbound"
+
+[[listeners]]
+name = "out"
+listen = "127.0.0.1:0"
+mode = "outbound"
+
+[[routes]]
+name = "api"
+listener = "in"
+backends = [{ cluster = "payments-v1" }]
+
+[[routes]]
+name = "to-orders"
+listener = "out"
+backends = [{ cluster = "orders" }]
+
+[clusters.payments-v1]
+version = "v1"
+endpoints = ["127.0.0.1:9001"]
+
+[clusters.orders]
+version = "v1"
+endpoints = ["127.0.0.1:9004"]
+"#,
+            remora_config::Source::TextOnly,
+        )
+        .expect("a valid config");
+        let shared = Shared::new(config, 1);
+        for (route, cluster) in [
+            ("api", "payments-v1"),
+            ("app", "127.0.0.1:8080"),
+            ("to-orders", "orders"),
+            ("out", "10.0.0.9:80"),
+        ] {
+            shared.stats.series(route, cluster, "v1").record(RequestOutcome::Success, 200, 100, 200);
+        }
+        let report = Reporter::new("payments".into(), "v1".into(), "proxy".into()).next(&shared, None);
+        let reported: Vec<(&str, &str)> =
+            report.series.iter().map(|series| (series.route.as_str(), series.cluster.as_str())).collect();
+        assert_eq!(reported, [("api", "payments-v1"), ("app", "127.0.0.1:8080")]);
+        // Still served locally: /stats has every series.
+        assert_eq!(shared.stats.all().len(), 4);
     }
 }
