@@ -485,8 +485,17 @@ async fn with_held_retry_a_held_node_tries_its_healing_again_by_itself() {
     let waited =
         retried["unix_ms"].as_u64().unwrap_or_default() - first["unix_ms"].as_u64().unwrap_or_default();
     assert!(waited >= 1000, "retried after {waited} ms");
-    // Still failing, and the hook still fails: held again, and so on while nobody mends it.
-    mesh.wait_entry("held", |entry| entry["seq"].as_u64() > retried["seq"].as_u64()).await;
+    // Still failing, and the hook still fails: held again, and so on while nobody mends it, each
+    // wait twice the last.
+    let second = mesh.wait_entry("held", |entry| entry["seq"].as_u64() > retried["seq"].as_u64()).await;
+    let again = mesh.wait_entry("retried", |entry| entry["seq"].as_u64() > second["seq"].as_u64()).await;
+    assert_eq!(
+        (again["detail"]["held_retry_ms"].as_u64(), again["detail"]["attempt"].as_u64()),
+        (Some(2000), Some(2))
+    );
+    let waited =
+        again["unix_ms"].as_u64().unwrap_or_default() - second["unix_ms"].as_u64().unwrap_or_default();
+    assert!(waited >= 2000, "retried after {waited} ms");
     load.stop().await;
     let kinds = mesh.kinds().await;
     assert!(

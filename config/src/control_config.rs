@@ -159,8 +159,11 @@ pub struct Analysis {
     /// After a remedy, how long a node gets to recover before it is regenerated. Default 30 s.
     pub cooldown: Duration,
     /// How long a held node waits before control tries its healing again by itself (as `remora heal`
-    /// does); 0, the default, waits for an operator.
+    /// does); 0, the default, waits for an operator. Each retry that ends held again doubles the wait,
+    /// up to `held_retry_max`.
     pub held_retry: Duration,
+    /// The longest wait between automatic retries (never less than `held_retry`). Default 1 h.
+    pub held_retry_max: Duration,
 }
 
 impl Default for Analysis {
@@ -171,6 +174,7 @@ impl Default for Analysis {
             breach_windows: 3,
             cooldown: Duration::from_secs(30),
             held_retry: Duration::from_secs(0),
+            held_retry_max: Duration::from_secs(3600),
         }
     }
 }

@@ -50,6 +50,17 @@ struct Episode {
     trace_id: String,
     /// When the node was found degraded (for "time to recover").
     degraded_unix_ms: Option<u64>,
+    /// Automatic retries (`held_retry`) since the node last recovered or an operator stepped in: each
+    /// doubles the wait before the next.
+    #[serde(default)]
+    auto_retries: u32,
+}
+
+/// How long a node held after `retries` automatic retries waits before the next: `base` doubled per
+/// retry, at most `max` (never less than `base`).
+fn held_wait(base_ms: u64, max_ms: u64, retries: u32) -> u64 {
+    let doubled = base_ms.saturating_mul(1u64.checked_shl(retries).unwrap_or(u64::MAX));
+    doubled.min(max_ms.max(base_ms))
 }
 
 impl Engine {
@@ -141,14 +152,26 @@ impl Engine {
 
     fn climb(self: &Arc<Self>, state: &mut State, node: &str, now: u64) {
         let Ok(serving) = self.service.serving(node) else { return };
-        // `held_retry`: a node held that long tries its healing again by itself.
-        let held_retry = self.config.analysis.held_retry.get().as_millis() as u64;
-        let held_since = match state.ladders.get(node).map(|episode| &episode.ladder) {
-            Some(Ladder::Held { since_unix_ms, .. }) => Some(*since_unix_ms),
+        // `held_retry`: a node held that long tries its healing again by itself, each time waiting
+        // twice as long as before (up to `held_retry_max`) while its healing keeps ending held.
+        let analysis = &self.config.analysis;
+        let held_retry = analysis.held_retry.get().as_millis() as u64;
+        let held = match state.ladders.get(node) {
+            Some(Episode { ladder: Ladder::Held { since_unix_ms, .. }, auto_retries, .. }) => {
+                Some((*since_unix_ms, *auto_retries))
+            }
             _ => None,
         };
-        if held_retry > 0 && held_since.is_some_and(|since| now.saturating_sub(since) >= held_retry) {
-            self.release(state, node, json!({ "by": "control", "held_retry_ms": held_retry }));
+        if let Some((since, retries)) = held.filter(|_| held_retry > 0) {
+            let wait = held_wait(held_retry, analysis.held_retry_max.get().as_millis() as u64, retries);
+            if now.saturating_sub(since) >= wait {
+                if let Some(episode) = state.ladders.get_mut(node) {
+                    episode.auto_retries = retries.saturating_add(1);
+                }
+                let detail =
+                    json!({ "by": "control", "held_retry_ms": wait, "attempt": retries.saturating_add(1) });
+                self.release(state, node, detail);
+            }
         }
         let slo = self.config.slo(node);
         let breach_windows = self.config.analysis.breach_windows;
@@ -169,6 +192,7 @@ impl Engine {
             Step::Recovered { from } => {
                 let trace = episode.trace_id.clone();
                 episode.degraded_unix_ms = None;
+                episode.auto_retries = 0;
                 self.journal(
                     "recovered",
                     node,
@@ -582,6 +606,7 @@ impl Engine {
                 let healed = matches!(episode.ladder, Ladder::Canary { .. } | Ladder::Held { .. })
                     || episode.degraded_unix_ms.is_some();
                 episode.ladder = Ladder::Watching { breaches: 0 };
+                episode.auto_retries = 0;
                 if healed {
                     let trace = episode.trace_id.clone();
                     let since = episode.degraded_unix_ms.take();
@@ -678,6 +703,9 @@ impl Engine {
                 "node {node:?} is {}: only a held node is retried",
                 episode.ladder.name()
             )));
+        }
+        if let Some(episode) = state.ladders.get_mut(node) {
+            episode.auto_retries = 0;
         }
         let view = self.release(&mut state, node, json!({ "by": "operator" }));
         self.show(&mut state, node);
@@ -911,5 +939,18 @@ mod tests {
         for bad in [&[][..], &[50, 10, 100], &[10, 50], &[0, 100], &[10, 10, 100], &[10, 101]] {
             assert!(check_steps(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn held_retries_wait_twice_as_long_each_time_up_to_the_max() {
+        let minute = 60_000;
+        let waits: Vec<u64> = (0..6).map(|retries| held_wait(15 * minute, 60 * minute, retries)).collect();
+        assert_eq!(waits, [15, 30, 60, 60, 60, 60].map(|m| m * minute));
+        assert_eq!(
+            held_wait(2 * 60 * minute, 60 * minute, 3),
+            2 * 60 * minute,
+            "a max below the base is the base"
+        );
+        assert_eq!(held_wait(minute, u64::MAX, 200), u64::MAX, "no overflow");
     }
 }

@@ -22,6 +22,7 @@ pub struct RawAnalysis {
     pub breach_windows: Option<u32>,
     pub cooldown: Option<Duration>,
     pub held_retry: Option<Duration>,
+    pub held_retry_max: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,6 +14,7 @@ interval = "1s"
 window = "10s"
 breach_windows = 3                  # degraded after this many breached windows in a row
 held_retry = "0s"                   # a held node waits for an operator (`remora heal`); "15m": retried by itself
+held_retry_max = "1h"               # each retry that ends held again doubles the wait, up to this
 
 [rollout]
 steps = [10, 25, 50, 100]
@@ -69,7 +70,8 @@ fn empty_file_gives_the_documented_defaults() {
             window: Duration::from_secs(10),
             breach_windows: 3,
             cooldown: Duration::from_secs(30),
-            held_retry: Duration::from_secs(0)
+            held_retry: Duration::from_secs(0),
+            held_retry_max: Duration::from_secs(3600),
         }
     );
     assert_eq!(

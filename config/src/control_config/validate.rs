@@ -127,6 +127,7 @@ impl Checker<'_> {
             breach_windows: raw.breach_windows.unwrap_or(defaults.breach_windows),
             cooldown: raw.cooldown.unwrap_or(defaults.cooldown),
             held_retry: raw.held_retry.unwrap_or(defaults.held_retry),
+            held_retry_max: raw.held_retry_max.unwrap_or(defaults.held_retry_max),
         };
         self.positive(analysis.interval, "analysis.interval");
         self.positive(analysis.window, "analysis.window");
