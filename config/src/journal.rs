@@ -144,7 +144,15 @@ fn healing_summary(kind: &str, detail: &Value) -> Option<String> {
         "hook_failed" => format!("{} hook: {}", text("hook")?, text("error")?),
         "held" => format!("held on {}: {}", text("serving")?, text("reason")?),
         "recovered" => format!("recovered (was {})", text("from")?),
-        "retried" => format!("retried by {} (was held: {})", text("by")?, text("was")?),
+        "retried" => match (number("attempt"), number("held_retry_ms")) {
+            (Some(attempt), Some(waited)) => format!(
+                "retried by {}, attempt {attempt} after {} s held (was held: {})",
+                text("by")?,
+                waited as f64 / 1000.0,
+                text("was")?
+            ),
+            _ => format!("retried by {} (was held: {})", text("by")?, text("was")?),
+        },
         "ladder_restarted" => format!("{} (was {})", text("reason")?, text("from")?),
         "healed" => format!("{} serving", text("version")?),
         "retired" => format!("{} retired", text("version")?),
@@ -230,6 +238,16 @@ mod tests {
         assert_eq!(
             summary("ladder_restarted", &restarted),
             "control restarted while the remediate hook ran: the episode starts over (was remediating)"
+        );
+        let retried = json!({"by": "control", "held_retry_ms": 1500, "attempt": 2, "was": "the regenerate hook failed"});
+        assert_eq!(
+            summary("retried", &retried),
+            "retried by control, attempt 2 after 1.5 s held (was held: the regenerate hook failed)"
+        );
+        let by_hand = json!({"by": "operator", "was": "the regenerate hook failed"});
+        assert_eq!(
+            summary("retried", &by_hand),
+            "retried by operator (was held: the regenerate hook failed)"
         );
         // Missing fields fall back to the fields themselves.
         assert_eq!(summary("healed", &json!({"what": 1})), "what=1");
