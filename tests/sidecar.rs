@@ -328,6 +328,11 @@ struct Pod {
 impl Pod {
     /// `remora init INIT_ARGS…` in the server namespace, then the proxy with `config` as its file.
     fn start(pair: &netns::Pair, init_args: &[&str], config: &str) -> Pod {
+        Self::start_as(pair, init_args, config, Some(PROXY_UID))
+    }
+
+    /// As [`Pod::start`], the proxy running as `uid` (`None`: root, with CAP_NET_ADMIN).
+    fn start_as(pair: &netns::Pair, init_args: &[&str], config: &str, uid: Option<u32>) -> Pod {
         let mut args = vec!["init", "--ipv6", "off"];
         args.extend_from_slice(init_args);
         init(&pair.server, &args);
@@ -337,7 +342,10 @@ impl Pod {
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .expect("chmod config");
         let binary = netns::binary_for_others(dir.path());
-        let mut command = pair.server.command_as(PROXY_UID, &binary);
+        let mut command = match uid {
+            Some(uid) => pair.server.command_as(uid, &binary),
+            None => pair.server.command(&binary),
+        };
         command.arg("proxy").arg("--config").arg(&path);
         let mut proxy = netns::Running::spawn("the sidecar proxy", command);
         proxy.wait_for("its ready line", |line| line.starts_with("ready:"));
@@ -625,4 +633,65 @@ endpoints = ["{}:8080"]
     });
     // One loop per request, not a chain of them.
     assert_eq!(metric(&metrics, "remora_loops_detected_total", &[("listener", "outbound")]), 2, "{metrics}");
+}
+
+#[test]
+fn a_proxy_that_marks_its_connections_is_not_redirected_without_the_uid_exemption() {
+    if !netns::root_or_skip("a_proxy_that_marks_its_connections_is_not_redirected_without_the_uid_exemption")
+    {
+        return;
+    }
+    // The rules skip another UID (so the UID rule does not spare this proxy) and mark 0x66; the
+    // proxy (root, so allowed to set SO_MARK) marks what it dials with 0x66. The same two kinds of
+    // upstream connection as in the loop test above now reach their destinations.
+    let pair = netns::Pair::new();
+    let routes = format!(
+        r#"
+[runtime]
+socket_mark = 0x66
+
+[[routes]]
+name = "remote"
+listener = "outbound"
+backends = [{{ cluster = "remote" }}]
+
+[clusters.remote]
+endpoints = ["{}:8080"]
+"#,
+        pair.client_ip
+    );
+    let init = ["--proxy-uid", "2103", "--proxy-mark", "0x66"];
+    let _pod = Pod::start_as(&pair, &init, &sidecar_config("", &routes), None);
+    let _remote = demo_service(&pair.client, 8080, "remote");
+    let _other = demo_service(&pair.client, 8081, "other");
+    let routed = pair.server.http_get(&url(pair.client_ip, 8080), 2, &[]);
+    assert!(routed.iter().all(|response| response.body == "hello from remote\n"), "{routed:?}");
+    let opaque = pair.server.http_get(&url(pair.client_ip, 8081), 2, &[]);
+    assert!(opaque.iter().all(|response| response.body == "hello from other\n"), "{opaque:?}");
+    let metrics = metrics_until(&pair, "2 outbound opaque connections", |text| {
+        metric(text, "remora_tcp_connections_total", &[("listener", "outbound")]) == 2
+    });
+    assert_eq!(metric(&metrics, "remora_loops_detected_total", &[]), 0, "{metrics}");
+}
+
+#[test]
+fn a_proxy_that_may_not_mark_its_sockets_says_so_at_start() {
+    if !netns::root_or_skip("a_proxy_that_may_not_mark_its_sockets_says_so_at_start") {
+        return;
+    }
+    // Not root, so no CAP_NET_ADMIN: SO_MARK is refused, and the proxy stops before serving rather
+    // than dial unmarked connections the rules would send back to it.
+    let pair = netns::Pair::new();
+    let dir = netns::shared_dir();
+    let path = dir.path().join("remora.toml");
+    std::fs::write(&path, "[runtime]\nsocket_mark = 0x66\n[[listeners]]\nname = \"outbound\"\nlisten = \"127.0.0.1:4140\"\nmode = \"outbound\"\n")
+        .expect("write the config");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod config");
+    let binary = netns::binary_for_others(dir.path());
+    let output =
+        netns::output(pair.server.command_as(PROXY_UID, &binary).arg("proxy").arg("--config").arg(&path));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("runtime.socket_mark") && stderr.contains("CAP_NET_ADMIN"), "{stderr}");
 }

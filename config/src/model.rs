@@ -66,6 +66,10 @@ pub struct Runtime {
     pub handover_socket: Option<std::path::PathBuf>,
     /// Reload when the configuration file changes (SIGHUP and `POST /reload` work either way).
     pub watch_config: bool,
+    /// The packet mark (SO_MARK) on every connection a sidecar dials, for `remora init
+    /// --proxy-mark` rules that skip marked traffic instead of the proxy's UID. Setting it needs
+    /// CAP_NET_ADMIN. `None`, the default: unmarked.
+    pub socket_mark: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

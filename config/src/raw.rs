@@ -23,6 +23,7 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
     pub workers: Option<usize>,
+    pub socket_mark: Option<u32>,
     pub grace_period: Option<Duration>,
     pub drain_delay: Option<Duration>,
     pub handover_socket: Option<std::path::PathBuf>,

@@ -131,8 +131,12 @@ impl Validator<'_> {
         if workers > 1024 {
             self.errors.push("runtime.workers", format!("{workers} worker threads is more than 1024"));
         }
+        if raw.socket_mark == Some(0) {
+            self.errors.push("runtime.socket_mark", "must not be 0 (every unmarked packet carries mark 0)");
+        }
         Some(Runtime {
             workers,
+            socket_mark: raw.socket_mark,
             grace_period: raw.grace_period.unwrap_or(Duration::from_secs(30)),
             drain_delay: raw.drain_delay.unwrap_or(Duration::from_secs(0)),
             handover_socket: raw.handover_socket,

@@ -130,6 +130,10 @@ pub enum ServeError {
     Bind { what: String, addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot take over from the running proxy: {0}")]
     Handover(String),
+    #[error(
+        "runtime.socket_mark: cannot mark sockets with {mark:#x} ({source}; SO_MARK needs CAP_NET_ADMIN)"
+    )]
+    Mark { mark: u32, source: std::io::Error },
 }
 
 #[cfg(test)]

@@ -115,6 +115,9 @@ pub async fn run(
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), ServeError> {
     let workers = worker_threads(config.runtime.workers);
+    if let Some(mark) = config.runtime.socket_mark {
+        tcp::check_mark(mark).map_err(|source| ServeError::Mark { mark, source })?;
+    }
     let (mut inherited, confirm) = if options.upgrade {
         let Some(path) = &config.runtime.handover_socket else {
             return Err(ServeError::Handover("--upgrade needs [runtime] handover_socket".to_owned()));

@@ -194,6 +194,14 @@ impl Reloader {
             }
         }
 
+        // A mark this process may not set refuses the reload, as a port in use does.
+        if let Some(mark) =
+            config.runtime.socket_mark.filter(|mark| running.config.runtime.socket_mark != Some(*mark))
+        {
+            if let Err(source) = crate::tcp::check_mark(mark) {
+                return Err(self.refused(trigger, ServeError::Mark { mark, source }.into()));
+            }
+        }
         // Bind what is new before anything changes: a port in use refuses the whole reload.
         let mut bound = Vec::new();
         for listener in &config.listeners {
@@ -217,6 +225,7 @@ impl Reloader {
             }
         }
 
+        self.shared.own_ports.set_mark(config.runtime.socket_mark);
         let snapshot = Snapshot::rebuild(config.clone(), self.workers, self.shared.parts(), Some(&running));
         self.shared.snapshot.store(Arc::new(snapshot));
 

@@ -49,7 +49,8 @@ impl Snapshot {
         let Parts { events, stats, own_ports } = shared;
         let outbound =
             config.listeners.iter().any(|listener| listener.mode == remora_config::ListenerMode::Outbound);
-        let noted = outbound.then_some(own_ports);
+        // A mark, like noting ports, needs the socket before its connect: marked proxies dial that way.
+        let noted = (outbound || config.runtime.socket_mark.is_some()).then_some(own_ports);
         let clusters: BTreeMap<String, Arc<Cluster>> = config
             .clusters
             .iter()
@@ -163,6 +164,7 @@ impl Shared {
         let events = Arc::new(Events::default());
         let stats = Arc::new(Stats::new(workers));
         let own_ports = Arc::new(OwnPorts::default());
+        own_ports.set_mark(config.runtime.socket_mark);
         let parts = Parts { events: &events, stats: &stats, own_ports: &own_ports };
         let snapshot = Snapshot::build(Arc::new(config), workers, parts);
         Self {

@@ -11,7 +11,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,6 +104,14 @@ where
     }
 }
 
+/// Whether sockets can be marked with `mark` here (SO_MARK needs CAP_NET_ADMIN): tried on a socket
+/// made for the purpose, so that a proxy without the capability says so at start or on reload,
+/// not on every connection.
+pub fn check_mark(mark: u32) -> io::Result<()> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_mark(mark)
+}
+
 /// Makes the socket's close a reset (RST) rather than an orderly end (FIN).
 pub fn abort(stream: &TcpStream) {
     if let Err(error) = rustix::net::sockopt::set_socket_linger(stream, Some(Duration::ZERO)) {
@@ -122,6 +130,10 @@ pub async fn dial(
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    if let Some(mark) = own.mark() {
+        // Before the connect: the first packet is what the nat table judges.
+        socket2::SockRef::from(&socket).set_mark(mark)?;
+    }
     let unspecified: SocketAddr = match addr {
         SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -281,18 +293,32 @@ pub async fn lookup(target: impl tokio::net::ToSocketAddrs) -> io::Result<Socket
 /// A port bound explicitly is the socket's alone (no other socket's connect picks it while it is
 /// bound), so an accepted connection that comes *from* one of these ports is one of the proxy's own,
 /// sent back to it by redirect rules that do not skip the proxy's UID: a loop.
+///
+/// The same dials carry `[runtime] socket_mark` when one is set: rules that skip marked traffic
+/// (`remora init --proxy-mark`) then keep them out of the redirect as the UID rule does.
 #[derive(Debug)]
 pub struct OwnPorts {
     bits: Box<[AtomicU64]>,
+    /// SO_MARK for dialled sockets; 0: none (0 is no mark to netfilter either).
+    mark: AtomicU32,
 }
 
 impl Default for OwnPorts {
     fn default() -> Self {
-        Self { bits: (0..65_536 / 64).map(|_| AtomicU64::new(0)).collect() }
+        Self { bits: (0..65_536 / 64).map(|_| AtomicU64::new(0)).collect(), mark: AtomicU32::new(0) }
     }
 }
 
 impl OwnPorts {
+    /// Sets the mark the next dials carry (see [`check_mark`] first).
+    pub fn set_mark(&self, mark: Option<u32>) {
+        self.mark.store(mark.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn mark(&self) -> Option<u32> {
+        Some(self.mark.load(Ordering::Relaxed)).filter(|mark| *mark != 0)
+    }
+
     /// Notes `port` as one of the proxy's own until the returned guard drops.
     pub fn hold(self: &Arc<Self>, port: u16) -> OwnPort {
         let (word, bit) = Self::position(port);

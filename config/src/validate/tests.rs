@@ -125,6 +125,9 @@ fn the_contract_example_loads_as_written() {
 fn every_error_is_reported_with_its_path() {
     let errors = errors(
         r#"
+[runtime]
+socket_mark = 0
+
 [[listeners]]
 name = "public"
 listen = "127.0.0.1:8080"
@@ -150,8 +153,14 @@ backends = [{ cluster = "payments", weight = 0 }, { cluster = "paymnts", weight 
 [clusters.payments]
 endpoints = ["127.0.0.1:9001", "nowhere"]
 balance = "round_robbin"
+
+[clusters.other]
+endpoints = ["127.0.0.1:9002"]
+node = "not a name"
 "#,
     );
+    assert_has(&errors, "runtime.socket_mark: must not be 0 (every unmarked packet carries mark 0)");
+    assert!(errors.iter().any(|error| error.starts_with("clusters.other.node: ")), "{errors:?}");
     assert_has(&errors, "listeners[1].name: duplicate listener name \"public\"");
     assert!(
         errors
