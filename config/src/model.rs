@@ -23,11 +23,12 @@ pub struct Config {
 }
 
 impl Config {
-    /// One line for people: what this configuration holds.
+    /// One line for people: what this configuration holds, and where its node's traffic runs.
     pub fn summary(&self) -> String {
         let endpoints: usize = self.clusters.values().map(|cluster| cluster.endpoints.len()).sum();
+        let node = self.node_summary().map(|node| format!("; {node}")).unwrap_or_default();
         format!(
-            "{} {}, {} {}, {} {} ({} {})",
+            "{} {}, {} {}, {} {} ({} {}){node}",
             self.listeners.len(),
             plural(self.listeners.len(), "listener", "listeners"),
             self.routes.len(),

@@ -94,6 +94,44 @@ impl<'a> NodeTraffic<'a> {
     }
 }
 
+impl Config {
+    /// For people, with `[node]`: the routes and clusters that carry the node's traffic (what
+    /// control's rollouts move and what the proxy reports as the node's) and the inbound listeners
+    /// whose local app it is.
+    pub fn node_summary(&self) -> Option<String> {
+        let node = self.node.as_ref()?;
+        let traffic = NodeTraffic::new(self, &node.name, vec![node.version.as_str()]);
+        let mut parts = Vec::new();
+        let routes: Vec<&str> = self
+            .routes
+            .iter()
+            .filter(|route| traffic.serves(route))
+            .map(|route| route.name.as_str())
+            .collect();
+        if !routes.is_empty() {
+            let clusters: Vec<&str> = traffic.clusters().into_iter().collect();
+            let noun = if routes.len() == 1 { "route" } else { "routes" };
+            parts.push(format!("{noun} {} (clusters {})", routes.join(", "), clusters.join(", ")));
+        }
+        let local: Vec<&str> = self
+            .listeners
+            .iter()
+            .filter(|listener| listener.mode == ListenerMode::Inbound)
+            .filter(|listener| !self.routes.iter().any(|route| route.listeners.contains(&listener.name)))
+            .map(|listener| listener.name.as_str())
+            .collect();
+        if !local.is_empty() {
+            parts.push(format!("the local app behind listener {}", local.join(", ")));
+        }
+        let (name, version) = (&node.name, &node.version);
+        Some(if parts.is_empty() {
+            format!("node {name} {version}: no route serves it, so rollouts cannot move its traffic")
+        } else {
+            format!("node {name} {version} served by {}", parts.join(" and "))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +224,7 @@ endpoints = ["127.0.0.1:9005"]
 "#
         ));
         let traffic = NodeTraffic::new(&config, "payments", vec!["v1"]);
+        assert_eq!(config.node_summary(), None, "no [node]");
         assert_eq!(
             config.routes.iter().map(|route| traffic.serves(route)).collect::<Vec<_>>(),
             [true, false, true],
@@ -236,5 +275,36 @@ endpoints = ["127.0.0.1:9006"]
         // A node no cluster names goes by version, but never takes a cluster named for another node.
         let orders_only = NodeTraffic::new(&config, "billing", vec!["v1"]);
         assert_eq!(orders_only.clusters(), BTreeSet::from(["maintenance"]));
+    }
+
+    #[test]
+    fn the_summary_says_where_the_nodes_traffic_runs() {
+        let sidecar = |routes: &str| {
+            config(&format!(
+                "[node]\nname = \"payments\"\nversion = \"v1\"\n{LISTENERS}\n{routes}\n[clusters.orders]\nversion = \"v1\"\nendpoints = [\"127.0.0.1:9004\"]\n"
+            ))
+        };
+        let to_orders =
+            "[[routes]]\nname = \"to-orders\"\nlistener = \"out\"\nbackends = [{ cluster = \"orders\" }]\n";
+        assert_eq!(
+            sidecar(to_orders).node_summary().as_deref(),
+            Some("node payments v1 served by the local app behind listener in")
+        );
+        let inbound =
+            "[[routes]]\nname = \"api\"\nlistener = \"in\"\nbackends = [{ cluster = \"orders\" }]\n";
+        assert_eq!(
+            sidecar(inbound).node_summary().as_deref(),
+            Some("node payments v1 served by route api (clusters orders)")
+        );
+        let reverse = config(
+            "[node]\nname = \"payments\"\nversion = \"v2\"\n[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"api\"\nbackends = [{ cluster = \"a\" }]\n[clusters.a]\nversion = \"v1\"\nendpoints = [\"127.0.0.1:9001\"]\n",
+        );
+        assert_eq!(
+            reverse.node_summary().as_deref(),
+            Some("node payments v2: no route serves it, so rollouts cannot move its traffic")
+        );
+        assert!(reverse.summary().ends_with(
+            "(1 endpoint); node payments v2: no route serves it, so rollouts cannot move its traffic"
+        ));
     }
 }

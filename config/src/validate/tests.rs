@@ -118,7 +118,7 @@ fn the_contract_example_loads_as_written() {
     assert_eq!(v1.outlier.as_ref().unwrap().max_ejection_time.get().as_secs(), 300);
     assert_eq!(config.clusters["payments-v2"].endpoints.len(), 2);
     assert_eq!(config.node.as_ref().unwrap().publishes[0].to_string(), "payment.settled@2");
-    assert_eq!(config.summary(), "1 listener, 1 route, 2 clusters (3 endpoints)");
+    assert_eq!(config.summary(), "1 listener, 1 route, 2 clusters (3 endpoints); node payments v1 served by route api (clusters payments-v1, payments-v2)");
 }
 
 #[test]
