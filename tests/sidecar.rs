@@ -322,7 +322,7 @@ mode = "outbound"
 struct Pod {
     proxy: netns::Running,
     apps: Vec<netns::Running>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Pod {
@@ -349,7 +349,12 @@ impl Pod {
         command.arg("proxy").arg("--config").arg(&path);
         let mut proxy = netns::Running::spawn("the sidecar proxy", command);
         proxy.wait_for("its ready line", |line| line.starts_with("ready:"));
-        Pod { proxy, apps: Vec::new(), _dir: dir }
+        Pod { proxy, apps: Vec::new(), dir }
+    }
+
+    /// The sidecar's configuration file (watched: a write reloads it).
+    fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("remora.toml")
     }
 
     /// `remora demo-service` on `0.0.0.0:PORT` in `namespace`, answering `hello from LABEL`.
@@ -694,4 +699,27 @@ fn a_proxy_that_may_not_mark_its_sockets_says_so_at_start() {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("runtime.socket_mark") && stderr.contains("CAP_NET_ADMIN"), "{stderr}");
+}
+
+#[test]
+fn a_reload_that_adds_a_mark_the_proxy_may_not_set_is_refused_and_it_keeps_serving() {
+    if !netns::root_or_skip("a_reload_that_adds_a_mark_the_proxy_may_not_set_is_refused_and_it_keeps_serving")
+    {
+        return;
+    }
+    let pair = netns::Pair::new();
+    let config = sidecar_config("", "");
+    let pod = Pod::start(&pair, &[], &config);
+    let _remote = demo_service(&pair.client, 8080, "remote");
+    // Written in place: the file watcher reloads it.
+    std::fs::write(pod.config_path(), format!("[runtime]\nsocket_mark = 0x66\n{config}")).expect("rewrite");
+    metrics_until(&pair, "the reload refused", |text| {
+        metric(text, "remora_config_reloads_total", &[("result", "failed")]) == 1
+    });
+    let responses = pair.server.http_get(&url(pair.client_ip, 8080), 2, &[]);
+    assert!(responses.iter().all(|response| response.body == "hello from remote\n"), "{responses:?}");
+    let running = pair.server.http_get("http://127.0.0.1:9901/config", 1, &[]).remove(0);
+    let running: serde_json::Value = serde_json::from_str(&running.body).expect("/config is JSON");
+    assert_eq!(running["runtime"]["socket_mark"], serde_json::Value::Null, "{running:#}");
+    assert!(running["runtime"].get("socket_mark").is_some(), "the key is there: {running:#}");
 }
