@@ -65,13 +65,14 @@ fn request_line(bytes: &[u8]) -> Verdict {
     if method == 0 || after_method != b' ' {
         return Verdict::Tcp;
     }
-    // Target: visible ASCII up to the next space; its first byte starts one of the four forms.
+    // Target: visible bytes up to the next space (ASCII, and 0x80–0xFF as httparse allows: raw UTF-8
+    // in a path is still HTTP); its first byte starts one of the four forms.
     let target = &bytes[method + 1..];
     let Some(&first) = target.first() else { return Verdict::NeedMore };
     if !(first == b'/' || first == b'*' || first == b'[' || first.is_ascii_alphanumeric()) {
         return Verdict::Tcp;
     }
-    let length = target.iter().take_while(|byte| (0x21..=0x7e).contains(*byte)).count();
+    let length = target.iter().take_while(|byte| (0x21..=0x7e).contains(*byte) || **byte >= 0x80).count();
     let Some(&after_target) = target.get(length) else {
         return if bytes.len() >= MAX_DETECT_BYTES { Verdict::Http1 } else { Verdict::NeedMore };
     };
@@ -194,6 +195,13 @@ mod tests {
         }
         // `PRI * HTTP/2.0` followed by anything but the preface's rest is neither.
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nXX"), Verdict::Tcp);
+    }
+
+    #[test]
+    fn raw_utf8_in_the_target_is_still_http1() {
+        assert_eq!(classify("GET /café HTTP/1.1\r\n".as_bytes()), Verdict::Http1);
+        assert_eq!(classify(b"GET /caf\xc3"), Verdict::NeedMore);
+        assert_eq!(classify(b"GET /a\x01b HTTP/1.1\r\n"), Verdict::Tcp, "a control byte is not HTTP");
     }
 
     #[test]

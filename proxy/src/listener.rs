@@ -38,7 +38,10 @@ pub fn connection_builder(listener: &config::Listener) -> auto::Builder<TokioExe
         .keep_alive(true)
         .header_read_timeout(limits.header_read_timeout.get())
         .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
+        .max_headers(limits.max_headers)
+        // A sidecar is transparent: a client that shuts its sending side after the request still
+        // gets the answer, as it would without the sidecar in between.
+        .half_close(listener.mode != config::ListenerMode::Reverse);
     builder
         .http2()
         .timer(TokioTimer::new())

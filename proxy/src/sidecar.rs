@@ -312,9 +312,10 @@ async fn resolve_hostnames(shared: Arc<Shared>, listener: Arc<str>, resolved: Ar
     }
 }
 
-/// The local app targets an inbound listener has made, by port: kept by its accept loop (no lock),
-/// at most [`MAX_LOCAL_PORTS`].
-type LocalApps = HashMap<u16, Arc<LocalApp>>;
+/// The local app targets an inbound listener has made, by address (`127.0.0.1:PORT` or
+/// `[::1]:PORT`: one family's connections never go to the other's loopback): kept by its accept
+/// loop (no lock), at most [`MAX_LOCAL_PORTS`].
+type LocalApps = HashMap<SocketAddr, Arc<LocalApp>>;
 
 /// Distinct local app ports an inbound listener serves as HTTP; further ports are forwarded as TCP.
 const MAX_LOCAL_PORTS: usize = 1024;
@@ -431,20 +432,22 @@ impl Context {
             Decision::Http { detect, fallback, to } => {
                 let local = match to {
                     HttpTarget::Routes => None,
-                    HttpTarget::LocalApp(port) => match local_apps.get(&port) {
-                        Some(app) => Some(app.clone()),
-                        None if local_apps.len() < MAX_LOCAL_PORTS => {
-                            let app = Arc::new(self.local_app(fallback, port));
-                            local_apps.insert(port, app.clone());
-                            Some(app)
+                    HttpTarget::LocalApp(port) => {
+                        let address =
+                            fallback.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+                        match local_apps.get(&address) {
+                            Some(app) => Some(app.clone()),
+                            None if local_apps.len() < MAX_LOCAL_PORTS => {
+                                let app = Arc::new(self.local_app(fallback, port));
+                                local_apps.insert(address, app.clone());
+                                Some(app)
+                            }
+                            None => {
+                                tracing::warn!(listener = %self.name, port, "too many local app ports: forwarded as TCP");
+                                return Action::Forward(address, series_for(address));
+                            }
                         }
-                        None => {
-                            tracing::warn!(listener = %self.name, port, "too many local app ports: forwarded as TCP");
-                            let to =
-                                fallback.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-                            return Action::Forward(to, series_for(to));
-                        }
-                    },
+                    }
                 };
                 let fallback = fallback.map(|to| (to, series_for(to)));
                 Action::Http { detect, fallback, local }

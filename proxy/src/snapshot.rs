@@ -59,7 +59,9 @@ impl Snapshot {
                     Some((previous.clusters.get(name)?, previous.config.clusters.get(name)?))
                 });
                 let cluster = match running {
-                    Some((running, settings)) if settings == cluster && running.notes_ports() == outbound => {
+                    Some((running, settings))
+                        if settings == cluster && running.notes_ports() == noted.is_some() =>
+                    {
                         running.clone()
                     }
                     running => Arc::new(Cluster::carrying(

@@ -157,9 +157,12 @@ pub async fn forward(
     series: &Arc<TcpSeries>,
     own: &Arc<OwnPorts>,
 ) {
-    let active = series.open();
     match dial(to, PASSTHROUGH_CONNECT_TIMEOUT, own).await {
-        Ok((upstream, _port)) => log_end(splice(downstream, prefix, upstream, active.series()).await, to),
+        Ok((upstream, _port)) => {
+            // Counted once connected, as a cluster's connections are.
+            let active = series.open();
+            log_end(splice(downstream, prefix, upstream, active.series()).await, to)
+        }
         Err(error) => {
             series.connect_failed();
             tracing::debug!(listener = %series.listener, %to, %error, "connect to the original destination failed");

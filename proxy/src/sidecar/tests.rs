@@ -157,7 +157,11 @@ endpoints = ["10.0.0.6:80"]
 
 /// An HTTP/1.1 upstream that answers `name` (in `x-upstream`) and the request's path.
 async fn http_upstream(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    http_upstream_at(name, "127.0.0.1:0".parse().unwrap()).await
+}
+
+async fn http_upstream_at(name: &'static str, at: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind(at).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -503,6 +507,38 @@ async fn inbound_http_goes_to_the_local_app_on_the_original_port_with_stats() {
     stream.write_all(b"\x00binary").await.unwrap();
     stream.shutdown().await.unwrap();
     assert_eq!(read_all(&mut stream).await.unwrap(), b"\x00binary");
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let app = http_upstream("app").await;
+    let sidecar = Sidecar::start(&inbound_config("")).await;
+    let mut stream = sidecar.connect(Some(SocketAddr::new("10.1.2.3".parse().unwrap(), app.port()))).await;
+    stream.write_all(b"GET /half HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let answer = String::from_utf8_lossy(&read_all(&mut stream).await.unwrap()).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("app /half"), "{answer:?}");
+}
+
+#[tokio::test]
+async fn each_address_family_reaches_its_own_loopback_on_one_port() {
+    // Two apps on one port, one per loopback; the first connection (IPv6) must not decide where
+    // the IPv4 ones go.
+    let v4 = http_upstream("v4").await;
+    let Ok(v6) =
+        tokio::spawn(http_upstream_at("v6", SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v4.port()))))
+            .await
+    else {
+        eprintln!("no IPv6 loopback here: skipped");
+        return;
+    };
+    let sidecar = Sidecar::start(&inbound_config("")).await;
+    let to_v6 = SocketAddr::new("fd00::3".parse().unwrap(), v6.port());
+    let to_v4 = SocketAddr::new("10.1.2.3".parse().unwrap(), v4.port());
+    for (to, expected) in [(to_v6, "v6"), (to_v4, "v4"), (to_v6, "v6")] {
+        let (status, upstream, _) = get(sidecar.connect(Some(to)).await, "/").await;
+        assert_eq!((status, upstream.as_str()), (200, expected), "to {to}");
+    }
 }
 
 #[tokio::test]
