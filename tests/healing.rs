@@ -461,9 +461,19 @@ async fn a_hanging_hook_is_timed_out_and_the_node_held_on_its_version() {
     let (code, _, err) = heal("nobody").await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("unknown node"), "{err}");
-    load.stop().await;
-    // Still on its version (failing, but not moved anywhere).
+    // Mended and tried again: the node recovers on v1 once its window clears (by the ladder climbing
+    // and being held again first, or not), and its status follows.
     mesh.stable.set(Behaviour::Ok);
+    let (code, out, err) = heal("payments").await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let recovered = mesh.wait_entry("recovered", |_| true).await;
+    mesh.wait_node("healthy again", |node| {
+        node["status"] == "healthy" && node["healing"]["phase"] == "healthy"
+    })
+    .await;
+    assert_eq!(recovered["detail"]["version"], "v1", "{recovered:#}");
+    load.stop().await;
+    // Still on its version (not moved anywhere).
     let answers = mesh.answers(10).await;
     assert!(answers.iter().all(|answer| answer == &("v1".to_owned(), 200)), "{answers:?}");
 }
@@ -549,9 +559,20 @@ async fn a_restarted_control_holds_a_node_whose_regeneration_it_lost_and_keeps_i
     load.stop().await;
 
     // Once more: the stored ladder, not a new episode (no traffic now: nothing would be detected).
+    let restarted_ms = u64::try_from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis(),
+    )
+    .expect("ms");
     mesh.restart_control(&extra).await;
     let node = mesh.wait_node("still held", |node| node["healing"]["phase"] == "held").await;
     assert_eq!(node["healing"]["since_unix_ms"], since, "{node:#}");
+    // Reports arriving after the restart do not make a held node healthy.
+    let node = mesh
+        .wait_node("a report after the restart", |node| {
+            node["last_report_unix_ms"].as_u64().is_some_and(|at| at > restarted_ms + 500)
+        })
+        .await;
+    assert_eq!(node["status"], "degraded", "{node:#}");
     let kinds = mesh.kinds().await;
     let count = |kind: &str| kinds.iter().filter(|have| *have == kind).count();
     assert_eq!((count("degraded"), count("regenerating"), count("held")), (1, 1, 1), "{kinds:?}");
@@ -708,4 +729,39 @@ async fn the_rollout_command_starts_shows_pauses_and_aborts() {
     let (code, out, _) = run(args(&["status"])).await;
     assert_eq!(code, Some(0));
     assert!(out.contains("rollout:") && out.contains("(manual)"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_released_from_held_that_passes_recovers_and_is_healthy_again() {
+    // Ten passing windows (2 s) release a held node by themselves; a retry within them releases it
+    // one breach short of degraded, and its next passing window ends the episode.
+    let mesh = Mesh::start(|dir| {
+        let hook = hook_script(dir, "regenerate", "exit 3");
+        format!(
+            "breach_windows = 10\ncooldown = \"600ms\"\n\n[rollout]\n{FAST_ROLLOUT}\n\n[[nodes]]\nname = \"payments\"\nslo = {{ success_rate = 0.95, min_requests = 10 }}\nhooks.regenerate = {hook}\n"
+        )
+    })
+    .await;
+    let load = Load::start(&mesh.proxy.url("/"), 1);
+    mesh.wait_node("traffic in control's stats", |node| node["stats"]["requests"].as_u64() >= Some(50)).await;
+    mesh.stable.set(Behaviour::Status(500));
+    mesh.wait_node("held and degraded", |node| {
+        node["healing"]["phase"] == "held" && node["status"] == "degraded"
+    })
+    .await;
+    mesh.stable.set(Behaviour::Ok);
+    mesh.wait_node("a passing window", |node| {
+        node["stats"]["success_rate"].as_f64().is_some_and(|rate| rate >= 0.95)
+    })
+    .await;
+    let (status, view) =
+        mesh.control().call(Method::POST, "/v1/nodes/payments/healing/retry", Some(&json!({}))).await;
+    assert_eq!(status, 200, "still held when retried: {view:#}");
+    let recovered = mesh.wait_entry("recovered", |_| true).await;
+    assert_eq!(recovered["detail"]["from"], "breaching", "{recovered:#}");
+    mesh.wait_node("healthy again", |node| {
+        node["status"] == "healthy" && node["healing"]["phase"] == "healthy"
+    })
+    .await;
+    load.stop().await;
 }

@@ -188,7 +188,10 @@ impl Engine {
             Step::Breached { breaches } => {
                 tracing::debug!(node, breaches, symptoms = verdict.symptoms().line(), "window breached");
             }
-            Step::Recovered { from: "breaching" } => {}
+            // Breaches that never made the node degraded: nothing to undo. (A node released from
+            // held comes back one breach short of degraded, still in its episode: its recovery is
+            // the episode's end like any other.)
+            Step::Recovered { from: "breaching" } if episode.degraded_unix_ms.is_none() => {}
             Step::Recovered { from } => {
                 let trace = episode.trace_id.clone();
                 episode.degraded_unix_ms = None;
@@ -806,6 +809,15 @@ impl Engine {
                 // The rollouts, resumed next, put a node whose canary is still under way back on it.
                 Ladder::Canary { .. } => episode.ladder = Ladder::Watching { breaches: 0 },
                 Ladder::Watching { .. } | Ladder::CoolingDown { .. } | Ladder::Held { .. } => {}
+            }
+            // The node's status is the process' own: a node whose episode goes on is degraded again,
+            // or its first report after the restart would call it healthy.
+            let breach_windows = self.config.analysis.breach_windows;
+            if let Some(episode) = state.ladders.get(&node) {
+                if episode.ladder.degraded(breach_windows) || episode.degraded_unix_ms.is_some() {
+                    let reason = format!("control restarted while {}", episode.ladder.name());
+                    self.set_degraded(&node, true, &reason, &trace);
+                }
             }
             if let Some(episode) = state.ladders.get(&node).filter(|episode| **episode != Episode::default())
             {

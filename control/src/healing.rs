@@ -83,7 +83,8 @@ pub fn judge(ladder: &mut Ladder, verdict: &Verdict, now: u64, breach_windows: u
         Ladder::Watching { breaches } => match verdict {
             Verdict::Breach { symptoms, constraints } => {
                 *breaches += 1;
-                if *breaches == breach_windows {
+                // `>=`: a count stored under a larger `breach_windows` still degrades.
+                if *breaches >= breach_windows {
                     Step::Degraded { symptoms: symptoms.clone(), constraints: constraints.clone() }
                 } else {
                     Step::Breached { breaches: *breaches }
