@@ -470,6 +470,14 @@ impl Engine {
         let Some(mut rollout) = state.rollouts.get(node).cloned() else { return };
         let trace = trace_of(&rollout);
         let mut changed = false;
+        if let Some((kind, detail)) = rollout.unpushed.clone() {
+            self.push(&mut rollout, &kind, detail, now);
+            if rollout.unpushed.is_some() {
+                state.rollouts.insert(node.to_owned(), rollout);
+                return;
+            }
+            changed = true;
+        }
         if rollout.acked_unix_ms.is_none() {
             let proxies = self.service.live_proxies(node);
             let acked = !proxies.is_empty()
@@ -548,18 +556,22 @@ impl Engine {
 
     /// Pushes the rollout's split to every proxy (through desired state) with its journal entry.
     fn push(&self, rollout: &mut Rollout, kind: &str, detail: Value, now: u64) {
-        match self.service.put_split(&rollout.node, rollout.split(), kind, detail, &trace_of(rollout)) {
+        match self.service.put_split(&rollout.node, rollout.split(), kind, detail.clone(), &trace_of(rollout))
+        {
             Ok(desired) => {
                 rollout.revision = desired.revision;
                 rollout.pushed_unix_ms = now;
                 rollout.acked_unix_ms = None;
+                rollout.unpushed = None;
             }
             Err(refusal) => {
                 tracing::error!(
                     node = rollout.node,
                     error = refusal.to_string(),
-                    "cannot push a rollout's split"
+                    "cannot push a rollout's split; trying again at the next pass"
                 );
+                rollout.acked_unix_ms = None;
+                rollout.unpushed = Some((kind.to_owned(), detail));
             }
         }
     }

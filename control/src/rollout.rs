@@ -122,6 +122,11 @@ pub struct Rollout {
     pub last_verdict: Option<Verdict>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_verdict: Option<Verdict>,
+    /// A split the store refused to take (journal kind and detail): pushed again on every pass until
+    /// it is taken, and nothing is acked or judged meanwhile, so control and the proxies never
+    /// disagree for good about where the traffic goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpushed: Option<(String, serde_json::Value)>,
 }
 
 /// What a check decided.
@@ -172,6 +177,7 @@ impl Rollout {
             acked_unix_ms: None,
             last_verdict: None,
             stable_verdict: None,
+            unpushed: None,
         }
     }
 
