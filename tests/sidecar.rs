@@ -238,9 +238,17 @@ fn ipv6_on_writes_the_ip6tables_rules_too() {
     assert!(v4.contains(&"-A REMORA_OUTPUT -d 10.96.0.1/32 -j RETURN".to_owned()));
     assert!(!v4.iter().any(|line| line.contains("fd00")), "{}", v4.join("\n"));
 
-    init(&pod, &["init", "--cleanup", "--ipv6", "on"]);
+    // `--cleanup` without `--ipv6` removes the IPv6 rules too.
+    init(&pod, &["init", "--cleanup"]);
     assert!(ours(&pod.nat("ip6tables-save")).is_empty());
     assert!(ours(&pod.nat("iptables-save")).is_empty());
+
+    // Installing without `--ipv6` leaves IPv6 alone: its connections are not sent to listeners that
+    // may take IPv4 only.
+    init(&pod, &["init"]);
+    assert!(ours(&pod.nat("ip6tables-save")).is_empty(), "{}", pod.nat("ip6tables-save").join("\n"));
+    assert!(!ours(&pod.nat("iptables-save")).is_empty());
+    init(&pod, &["init", "--cleanup"]);
 }
 
 #[test]

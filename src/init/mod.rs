@@ -68,9 +68,13 @@ pub struct InitArgs {
     /// Packets with this mark (decimal or 0x hex) are never redirected either, like the proxy's UID.
     #[arg(long, value_parser = values::mark, value_name = "MARK")]
     proxy_mark: Option<u32>,
-    /// IPv6 rules too (ip6tables): `auto` when ip6tables is installed and the kernel has IPv6.
-    #[arg(long, value_enum, default_value_t = Ipv6::Auto)]
-    ipv6: Ipv6,
+    /// IPv6 rules too (ip6tables): `on`, `off`, or `auto` (when ip6tables is installed and the
+    /// kernel has IPv6). Default: `off` when installing — IPv6 connections then reach the application
+    /// directly, rather than being redirected to listeners that may accept IPv4 only (use `on` with
+    /// the sidecar's listeners on `[::]`) — and `auto` with `--cleanup`, which removes whatever was
+    /// installed.
+    #[arg(long, value_enum)]
+    ipv6: Option<Ipv6>,
     /// Print the restore input on stdout and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -114,8 +118,9 @@ pub fn run(args: InitArgs) -> ExitCode {
         skip_outbound_cidrs: args.skip_outbound_cidrs,
     };
 
+    let ipv6 = args.ipv6.unwrap_or(if args.cleanup { Ipv6::Auto } else { Ipv6::Off });
     let mut families = vec![Family::Ipv4];
-    match args.ipv6 {
+    match ipv6 {
         Ipv6::Off => {}
         Ipv6::On => families.push(Family::Ipv6),
         Ipv6::Auto => match ipv6_unavailable() {
@@ -127,7 +132,7 @@ pub fn run(args: InitArgs) -> ExitCode {
         let outcome = if args.dry_run {
             dry_run(&rules, family, action)
         } else {
-            apply(&rules, family, action, args.ipv6)
+            apply(&rules, family, action, ipv6)
         };
         if let Err(error) = outcome {
             eprintln!("remora init: {}: {error}", label(family));
@@ -260,7 +265,7 @@ mod tests {
             (args.proxy_uid, args.inbound_port, args.outbound_port, args.admin_port),
             (2102, 4143, 4140, 9901)
         );
-        assert_eq!(args.ipv6, Ipv6::Auto);
+        assert_eq!(args.ipv6, None, "off when installing, auto when cleaning up");
         assert!(
             args.skip_inbound_ports.is_empty() && args.proxy_mark.is_none() && !args.dry_run && !args.cleanup
         );
@@ -293,7 +298,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.skip_outbound_cidrs.len(), 2);
-        assert_eq!((args.proxy_mark, args.ipv6), (Some(0x66), Ipv6::Off));
+        assert_eq!((args.proxy_mark, args.ipv6), (Some(0x66), Some(Ipv6::Off)));
     }
 
     #[test]
