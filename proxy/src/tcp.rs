@@ -53,6 +53,8 @@ pub enum Ended {
 /// already read from downstream) upstream. Counts bytes into `series` as they pass.
 pub async fn splice(downstream: TcpStream, prefix: &[u8], upstream: TcpStream, series: &TcpSeries) -> Ended {
     let (mut downstream, mut upstream) = (downstream, upstream);
+    keep_alive(&downstream);
+    keep_alive(&upstream);
     let result = {
         let (mut down_read, mut down_write) = downstream.split();
         let (mut up_read, mut up_write) = upstream.split();
@@ -111,6 +113,23 @@ pub fn check_mark(mark: u32) -> io::Result<()> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     socket.set_mark(mark)
 }
+
+/// TCP keepalive on a forwarded connection: an opaque connection has no idle timeout (a database
+/// session may rightly sit quiet for hours), so a peer that vanished without a reset (a node gone, a
+/// partition) is found by probes — after 5 minutes of silence, 6 probes 30 s apart — and its task and
+/// sockets end instead of living for good.
+pub fn keep_alive(stream: &TcpStream) {
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(Duration::from_secs(30))
+        .with_retries(6);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&probes) {
+        tracing::debug!(%error, "could not set TCP keepalive");
+    }
+}
+
+/// How long a forwarded connection may be silent before keepalive probes start.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(300);
 
 /// Makes the socket's close a reset (RST) rather than an orderly end (FIN).
 pub fn abort(stream: &TcpStream) {
@@ -368,6 +387,18 @@ mod tests {
 
     fn series() -> Arc<TcpSeries> {
         Arc::new(TcpSeries::new("test".into(), "".into()))
+    }
+
+    #[tokio::test]
+    async fn forwarded_sockets_probe_a_silent_peer() {
+        let (client, server) = pair().await;
+        let socket = socket2::SockRef::from(&client);
+        assert!(!socket.keepalive().unwrap(), "off until set");
+        keep_alive(&client);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 6);
+        drop(server);
     }
 
     #[tokio::test]
