@@ -129,11 +129,8 @@ pub fn run(args: InitArgs) -> ExitCode {
         },
     }
     for family in families {
-        let outcome = if args.dry_run {
-            dry_run(&rules, family, action)
-        } else {
-            apply(&rules, family, action, ipv6)
-        };
+        let outcome =
+            if args.dry_run { dry_run(&rules, family, action) } else { apply(&rules, family, action, ipv6) };
         if let Err(error) = outcome {
             eprintln!("remora init: {}: {error}", label(family));
             return ExitCode::FAILURE;
