@@ -180,6 +180,29 @@ fn is_zero(count: &u64) -> bool {
 }
 
 impl Counts {
+    /// `requests` is the sum of the outcomes, as a proxy counts them: a report whose numbers say
+    /// otherwise (say, more successes than requests) would skew every rate merged with it.
+    pub fn check(&self) -> Result<(), String> {
+        let outcomes = [
+            self.success,
+            self.client_error,
+            self.server_error,
+            self.limits,
+            self.open,
+            self.ejected,
+            self.timeout,
+            self.connect,
+            self.reset,
+        ];
+        let sum = outcomes.iter().fold(0_u64, |sum, count| sum.saturating_add(*count));
+        // A count that saturated while merging (a long outage folded into one report) cannot add up.
+        if sum == self.requests || sum == u64::MAX || self.requests == u64::MAX {
+            Ok(())
+        } else {
+            Err(format!("requests {} is not the sum of its outcomes ({sum})", self.requests))
+        }
+    }
+
     /// Adds another interval's counts (saturating: a count that would overflow stays at `u64::MAX`).
     pub fn merge(&mut self, other: &Counts) {
         let Counts {
@@ -293,6 +316,9 @@ pub enum ReportError {
         #[source]
         source: HistogramError,
     },
+    /// A series' counts contradict each other (`path` says which).
+    #[error("invalid report: {path}: {message}")]
+    Counts { path: String, message: String },
     /// The histograms together would take more memory than [`MAX_REPORT_COUNTERS`] allows.
     #[error("report's histograms ask for {counters} counters in memory, over the limit of {limit}")]
     TooManyCounters { counters: usize, limit: usize },
@@ -337,7 +363,14 @@ impl Report {
         if counters > MAX_REPORT_COUNTERS {
             return Err(ReportError::TooManyCounters { counters, limit: MAX_REPORT_COUNTERS });
         }
-        serde_json::from_slice(bytes).map_err(ReportError::Json)
+        let report: Report = serde_json::from_slice(bytes).map_err(ReportError::Json)?;
+        for (index, series) in report.series.iter().enumerate() {
+            series.counts.check().map_err(|message| ReportError::Counts {
+                path: format!("series[{index}].counts"),
+                message,
+            })?;
+        }
+        Ok(report)
     }
 }
 
@@ -781,18 +814,21 @@ mod tests {
 
     fn series(route: &str, latency: Histogram<u64>, headers: Histogram<u64>) -> SeriesReport {
         let requests = latency.len();
+        // Up to three failures (two 5xx, one timeout), the rest successes: counts that add up.
+        let failed = requests.min(3);
+        let server_error = failed.min(2);
         SeriesReport {
             route: route.to_owned(),
             cluster: "checkout".to_owned(),
             version: "v2".to_owned(),
             counts: Counts {
                 requests,
-                success: requests.saturating_sub(3),
-                server_error: 2,
-                timeout: 1,
-                status_2xx: requests.saturating_sub(3),
-                status_5xx: 2,
-                status_4xx: 1,
+                success: requests - failed,
+                server_error,
+                timeout: failed - server_error,
+                status_2xx: requests - failed,
+                status_5xx: server_error,
+                status_4xx: failed - server_error,
                 latency_sum_us: 3_601_234_567,
                 ..Counts::default()
             },
@@ -1055,6 +1091,18 @@ mod tests {
         });
         let error = Report::from_json(&body).unwrap_err().to_string();
         assert!(error.contains("missing field `schema`"), "{error}");
+    }
+
+    #[test]
+    fn counts_that_do_not_add_up_are_refused_with_their_path() {
+        for (field, value) in [("success", 1_000_000), ("requests", 0), ("reset", 7)] {
+            let edit = |report: &mut serde_json::Value| {
+                report.pointer_mut("/series/0/counts").unwrap()[field] = value.into();
+            };
+            let error = Report::from_json(&edited(&sample(), edit)).unwrap_err().to_string();
+            assert!(error.starts_with("invalid report: series[0].counts: requests "), "{field}: {error}");
+        }
+        assert!(Report::from_json(&sample().to_json()).is_ok());
     }
 
     #[test]
