@@ -765,3 +765,52 @@ async fn a_node_released_from_held_that_passes_recovers_and_is_healthy_again() {
     .await;
     load.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_a_live_proxy_never_applies_fails_at_the_progress_deadline() {
+    let rollout =
+        "steps = [10, 100]\nstep_interval = \"300ms\"\nmax_failed_checks = 1\nprogress_deadline = \"3s\"";
+    let mesh = Mesh::start(|_| control_extra(rollout, "")).await;
+    let canary = Chaos::start("v2").await;
+    let load = Load::start(&mesh.proxy.url("/"), 1);
+    // A second proxy of the node that keeps reporting but never applies a revision.
+    let url = format!("http://{}/v1/reports", mesh.control().addr);
+    let stuck = tokio::spawn(async move {
+        let client = h1_client();
+        for sequence in 1.. {
+            let now = u64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_millis(),
+            )
+            .expect("ms");
+            let report = json!({
+                "schema": 1, "node": "payments", "node_version": "v1", "proxy": "stuck:1",
+                "sequence": sequence, "start_unix_ms": now.saturating_sub(200), "end_unix_ms": now,
+                "config_generation": 1,
+            });
+            let request = http::Request::builder()
+                .method(Method::POST)
+                .uri(&url)
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(full(report.to_string().into_bytes()))
+                .expect("request");
+            let reply = send(&client, request).await;
+            assert_eq!(reply.status, 204, "the stuck proxy's report: {:?}", reply.body);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let started = mesh.start_rollout(canary.addr, None).await;
+    let id = started["id"].as_str().expect("id").to_owned();
+    mesh.wait_entry("rollout_promoting", |entry| entry["detail"]["id"] == id).await;
+    let failed = mesh.wait_entry("rollout_failed", |entry| entry["detail"]["id"] == id).await;
+    let reason = failed["detail"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("the promotion was not applied by every proxy"), "{failed:#}");
+    stuck.abort();
+    let node = mesh.wait_node("back on v1", |node| node["rollout"]["acked"] == true).await;
+    assert_eq!(node["rollout"]["phase"], "failed", "{node:#}");
+    load.stop().await;
+    let answers = mesh.answers(10).await;
+    assert!(answers.iter().all(|answer| answer == &("v1".to_owned(), 200)), "{answers:?}");
+}

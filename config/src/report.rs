@@ -316,7 +316,7 @@ pub enum ReportError {
         #[source]
         source: HistogramError,
     },
-    /// A series' counts contradict each other (`path` says which).
+    /// A field's value contradicts the rest or what it may be (`path` says which).
     #[error("invalid report: {path}: {message}")]
     Counts { path: String, message: String },
     /// The histograms together would take more memory than [`MAX_REPORT_COUNTERS`] allows.
@@ -364,6 +364,12 @@ impl Report {
             return Err(ReportError::TooManyCounters { counters, limit: MAX_REPORT_COUNTERS });
         }
         let report: Report = serde_json::from_slice(bytes).map_err(ReportError::Json)?;
+        if report.desired_revision == Some(0) {
+            return Err(ReportError::Counts {
+                path: "desired_revision".to_owned(),
+                message: "0 is not a revision (they start at 1; leave it out before the first)".to_owned(),
+            });
+        }
         for (index, series) in report.series.iter().enumerate() {
             series.counts.check().map_err(|message| ReportError::Counts {
                 path: format!("series[{index}].counts"),
@@ -1103,6 +1109,9 @@ mod tests {
             assert!(error.starts_with("invalid report: series[0].counts: requests "), "{field}: {error}");
         }
         assert!(Report::from_json(&sample().to_json()).is_ok());
+        let zero = edited(&sample(), |report| report["desired_revision"] = 0.into());
+        let error = Report::from_json(&zero).unwrap_err().to_string();
+        assert!(error.starts_with("invalid report: desired_revision: 0 is not a revision"), "{error}");
     }
 
     #[test]

@@ -498,6 +498,21 @@ impl Engine {
                 }
             }
         }
+        // A promotion some live proxy never applies (it refuses the revision, say) fails at the
+        // progress deadline instead of holding the node, and its healing, for good.
+        let deadline = rollout.settings.progress_deadline_ms;
+        if rollout.phase == Phase::Promoting
+            && rollout.acked_unix_ms.is_none()
+            && now.saturating_sub(rollout.pushed_unix_ms) >= deadline
+        {
+            let reason = format!(
+                "the promotion was not applied by every proxy within the progress deadline ({} s)",
+                deadline / 1000
+            );
+            let decision = Decision::Fail { reason };
+            rollout.apply(&decision, now);
+            changed |= self.carry_out(state, &mut rollout, &decision, now);
+        }
         if rollout.phase == Phase::Progressing {
             let merged = self.service.merged_since(node, rollout.step_started_unix_ms, now);
             let slo = self.config.slo(node);
