@@ -609,6 +609,15 @@ fn the_proxys_own_connections_are_not_redirected() {
     assert_eq!(metric(&metrics, "remora_loops_detected_total", &[]), 0, "{metrics}");
 }
 
+/// The outbound route to the client namespace's port 8080 (a known service, served through a route
+/// and its cluster's pool).
+fn remote_route(pair: &netns::Pair) -> String {
+    format!(
+        "[[routes]]\nname = \"remote\"\nlistener = \"outbound\"\nbackends = [{{ cluster = \"remote\" }}]\n\n[clusters.remote]\nendpoints = [\"{}:8080\"]\n",
+        pair.client_ip
+    )
+}
+
 #[test]
 fn without_the_uid_exemption_the_proxy_would_loop() {
     if !netns::root_or_skip("without_the_uid_exemption_the_proxy_would_loop") {
@@ -619,18 +628,7 @@ fn without_the_uid_exemption_the_proxy_would_loop() {
     // Port 8080 is a known service (HTTP through a route and the cluster's pool), 8081 is not
     // (opaque TCP to the original destination): both kinds of upstream connection are caught.
     let pair = netns::Pair::new();
-    let routes = format!(
-        r#"
-[[routes]]
-name = "remote"
-listener = "outbound"
-backends = [{{ cluster = "remote" }}]
-
-[clusters.remote]
-endpoints = ["{}:8080"]
-"#,
-        pair.client_ip
-    );
+    let routes = remote_route(&pair);
     let _pod = Pod::start(&pair, &["--proxy-uid", "2103"], &sidecar_config("", &routes));
     let _remote = demo_service(&pair.client, 8080, "remote");
     let _other = demo_service(&pair.client, 8081, "other");
@@ -658,21 +656,7 @@ fn a_proxy_that_marks_its_connections_is_not_redirected_without_the_uid_exemptio
     // proxy (root, so allowed to set SO_MARK) marks what it dials with 0x66. The same two kinds of
     // upstream connection as in the loop test above now reach their destinations.
     let pair = netns::Pair::new();
-    let routes = format!(
-        r#"
-[runtime]
-socket_mark = 0x66
-
-[[routes]]
-name = "remote"
-listener = "outbound"
-backends = [{{ cluster = "remote" }}]
-
-[clusters.remote]
-endpoints = ["{}:8080"]
-"#,
-        pair.client_ip
-    );
+    let routes = format!("[runtime]\nsocket_mark = 0x66\n{}", remote_route(&pair));
     let init = ["--proxy-uid", "2103", "--proxy-mark", "0x66"];
     let _pod = Pod::start_as(&pair, &init, &sidecar_config("", &routes), None);
     let _remote = demo_service(&pair.client, 8080, "remote");

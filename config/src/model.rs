@@ -261,7 +261,7 @@ pub enum RetryOn {
 pub struct Cluster {
     pub name: String,
     pub version: String,
-    /// The node whose `version` this cluster runs, when named; see [`Config::node_clusters`].
+    /// The node whose `version` this cluster runs, when named; see [`crate::NodeTraffic`].
     pub node: Option<String>,
     pub endpoints: Vec<Endpoint>,
     pub protocol: UpstreamProtocol,

@@ -318,7 +318,7 @@ pub enum ReportError {
     },
     /// A field's value contradicts the rest or what it may be (`path` says which).
     #[error("invalid report: {path}: {message}")]
-    Counts { path: String, message: String },
+    Invalid { path: String, message: String },
     /// The histograms together would take more memory than [`MAX_REPORT_COUNTERS`] allows.
     #[error("report's histograms ask for {counters} counters in memory, over the limit of {limit}")]
     TooManyCounters { counters: usize, limit: usize },
@@ -365,13 +365,13 @@ impl Report {
         }
         let report: Report = serde_json::from_slice(bytes).map_err(ReportError::Json)?;
         if report.desired_revision == Some(0) {
-            return Err(ReportError::Counts {
+            return Err(ReportError::Invalid {
                 path: "desired_revision".to_owned(),
                 message: "0 is not a revision (they start at 1; leave it out before the first)".to_owned(),
             });
         }
         for (index, series) in report.series.iter().enumerate() {
-            series.counts.check().map_err(|message| ReportError::Counts {
+            series.counts.check().map_err(|message| ReportError::Invalid {
                 path: format!("series[{index}].counts"),
                 message,
             })?;

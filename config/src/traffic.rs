@@ -47,12 +47,7 @@ impl<'a> NodeTraffic<'a> {
 
     /// Whether `route` serves the node.
     pub fn serves(&self, route: &Route) -> bool {
-        !self.outbound_only(route)
-            && route
-                .backends
-                .iter()
-                .filter_map(|backend| self.config.clusters.get(&backend.cluster))
-                .any(|cluster| self.marks(cluster))
+        self.template(route).is_some()
     }
 
     /// The first cluster on `route` that marks it as the node's, if it serves the node.
@@ -82,12 +77,26 @@ impl<'a> NodeTraffic<'a> {
         clusters
     }
 
-    /// A route whose listeners are all outbound (a route naming no listener serves them all).
-    fn outbound_only(&self, route: &Route) -> bool {
-        let listeners = &self.config.listeners;
-        let mut modes = listeners
+    /// The inbound listeners no route names: their connections go to the local app on the original
+    /// port (`127.0.0.1` or `[::1]`), under a series named by the listener and that address.
+    pub fn local_app_listeners(&self) -> Vec<&'a str> {
+        let config = self.config;
+        config
+            .listeners
             .iter()
-            .filter(|listener| route.listeners.is_empty() || route.listeners.contains(&listener.name))
+            .filter(|listener| listener.mode == ListenerMode::Inbound)
+            .filter(|listener| !config.routes.iter().any(|route| route.listeners.contains(&listener.name)))
+            .map(|listener| listener.name.as_str())
+            .collect()
+    }
+
+    /// A route whose listeners (validation names them all) are all outbound.
+    fn outbound_only(&self, route: &Route) -> bool {
+        let mut modes = self
+            .config
+            .listeners
+            .iter()
+            .filter(|listener| route.listeners.contains(&listener.name))
             .map(|listener| listener.mode)
             .peekable();
         modes.peek().is_some() && modes.all(|mode| mode == ListenerMode::Outbound)
@@ -113,13 +122,7 @@ impl Config {
             let noun = if routes.len() == 1 { "route" } else { "routes" };
             parts.push(format!("{noun} {} (clusters {})", routes.join(", "), clusters.join(", ")));
         }
-        let local: Vec<&str> = self
-            .listeners
-            .iter()
-            .filter(|listener| listener.mode == ListenerMode::Inbound)
-            .filter(|listener| !self.routes.iter().any(|route| route.listeners.contains(&listener.name)))
-            .map(|listener| listener.name.as_str())
-            .collect();
+        let local = traffic.local_app_listeners();
         if !local.is_empty() {
             parts.push(format!("the local app behind listener {}", local.join(", ")));
         }

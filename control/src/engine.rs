@@ -155,7 +155,7 @@ impl Engine {
         // `held_retry`: a node held that long tries its healing again by itself, each time waiting
         // twice as long as before (up to `held_retry_max`) while its healing keeps ending held.
         let analysis = &self.config.analysis;
-        let held_retry = analysis.held_retry.get().as_millis() as u64;
+        let held_retry = crate::rollout::millis(analysis.held_retry.get());
         let held = match state.ladders.get(node) {
             Some(Episode { ladder: Ladder::Held { since_unix_ms, .. }, auto_retries, .. }) => {
                 Some((*since_unix_ms, *auto_retries))
@@ -163,7 +163,7 @@ impl Engine {
             _ => None,
         };
         if let Some((since, retries)) = held.filter(|_| held_retry > 0) {
-            let wait = held_wait(held_retry, analysis.held_retry_max.get().as_millis() as u64, retries);
+            let wait = held_wait(held_retry, crate::rollout::millis(analysis.held_retry_max.get()), retries);
             if now.saturating_sub(since) >= wait {
                 if let Some(episode) = state.ladders.get_mut(node) {
                     episode.auto_retries = retries.saturating_add(1);

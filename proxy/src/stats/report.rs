@@ -8,7 +8,7 @@ use remora_config::report::{
     BreakerReport, BreakerState, Counts, EncodedHistogram, EventReport, Report, SeriesReport, REPORT_SCHEMA,
 };
 
-use remora_config::{ListenerMode, NodeTraffic};
+use remora_config::NodeTraffic;
 
 use super::{Recorder, RequestOutcome};
 use crate::events::{Event, EventKind};
@@ -39,13 +39,10 @@ impl Reporter {
         let (taken, start, end) = shared.stats.take_unreported();
         let snapshot = shared.snapshot.load();
         let config = &snapshot.config;
-        let own = NodeTraffic::new(config, &self.node, vec![self.node_version.as_str()]).clusters();
+        let traffic = NodeTraffic::new(config, &self.node, vec![self.node_version.as_str()]);
+        let (own, local_apps) = (traffic.clusters(), traffic.local_app_listeners());
         let local_app = |route: &str, cluster: &str| {
-            !config.clusters.contains_key(cluster)
-                && config
-                    .listeners
-                    .iter()
-                    .any(|listener| listener.name == route && listener.mode == ListenerMode::Inbound)
+            local_apps.contains(&route) && !config.clusters.contains_key(cluster)
         };
         let series = taken
             .into_iter()
